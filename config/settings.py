@@ -1,0 +1,146 @@
+"""Typed settings, loaded once from a TOML file and ``JISR_*`` environment variables.
+
+Resolution order (later wins): built-in defaults, the TOML file, environment variables named
+``JISR_<SECTION>_<FIELD>`` (for example ``JISR_DATABASE_URL``, ``JISR_REGISTRY_PORT``).
+The result is a tree of frozen dataclasses; code receives it as an argument or from the
+aiohttp application, never reads ``os.environ`` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from config.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path("jisr-data")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """Where PostgreSQL is. With ``url`` empty, an embedded server runs in the data directory."""
+
+    url: str = ""
+    min_pool: int = 1
+    max_pool: int = 10
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    """``format`` is ``console`` (readable), ``json`` (production) or ``auto`` (by terminal)."""
+
+    format: str = "auto"
+    level: str = "info"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    """The central registry's own settings; the instance-wide ones live in its database."""
+
+    instance: str = "IQ"
+    host: str = "127.0.0.1"
+    port: int = 4400
+    public_url: str = ""
+    key_passphrase_env: str = "JISR_REGISTRY_KEY_PASSPHRASE"  # noqa: S105 (a variable name)
+    conf_regenerate_interval_s: int = 60
+    conf_expiry_s: int = 600
+    ocsp_freshness_s: int = 3600
+    timestamping_interval_s: int = 60
+    auto_approve: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = DEFAULT_DATA_DIR
+    database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
+    logging: LoggingSettings = dataclasses.field(default_factory=LoggingSettings)
+    registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
+
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, target: Any, where: str) -> Any:
+    if target is Path:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        return Path(value)
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if isinstance(value, str) and value.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if target is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from exc
+    if target is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported setting type {target!r}")
+
+
+def build(cls: type[T], data: Mapping[str, Any], env: Mapping[str, str], prefix: str) -> T:
+    """Build the dataclass ``cls`` from ``data`` (TOML) overlaid with ``env``."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(sorted(unknown))} in [{prefix.lower() or 'top'}]; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        target = hints[field.name]
+        env_name = f"JISR_{prefix}{field.name}".upper()
+        where = env_name
+        if dataclasses.is_dataclass(target) and isinstance(target, type):
+            sub = data.get(field.name, {})
+            if not isinstance(sub, Mapping):
+                raise ConfigError(f"[{field.name}] must be a table")
+            values[field.name] = build(target, sub, env, f"{prefix}{field.name}_")
+            continue
+        if isinstance(target, types.UnionType):
+            raise ConfigError(f"{where}: unions are not supported in settings")
+        if env_name in env:
+            values[field.name] = _coerce(env[env_name], target, where)
+        elif field.name in data:
+            values[field.name] = _coerce(data[field.name], target, f"setting {field.name!r}")
+    return cls(**values)
+
+
+def load_settings(
+    path: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Load settings once. ``overrides`` (command-line options) win over everything."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is None and "JISR_CONFIG" in env:
+        path = Path(env["JISR_CONFIG"])
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+    settings = build(Settings, data, env, "")
+    if overrides:
+        settings = dataclasses.replace(
+            settings, **{k: v for k, v in overrides.items() if v is not None}
+        )
+    return settings

@@ -1,0 +1,1 @@
+"""Subcommands of ``jisr``, one module per group."""

@@ -1,0 +1,60 @@
+"""Shared fixtures.
+
+PostgreSQL: tests marked ``postgres`` get a fresh, empty database. By default the suite starts
+one embedded server (the same ``pgserver`` binaries as the product's embedded default) in a
+temporary directory; set ``JISR_TEST_DATABASE_URL`` (e.g.
+``postgresql://postgres@127.0.0.1:5432/postgres``) to use an existing server instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from storage.embedded import EmbeddedPostgres, database_url
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database, for the whole test session."""
+    configured = os.environ.get("JISR_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    url = embedded.start()
+    try:
+        yield url
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture
+async def fresh_db_url(pg_server_url: str) -> AsyncIterator[str]:
+    """URL of a new, empty database, dropped after the test."""
+    name = "t_" + uuid.uuid4().hex[:16]
+    conn = await asyncpg.connect(pg_server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield database_url(pg_server_url, name)
+    finally:
+        conn = await asyncpg.connect(pg_server_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
