@@ -19,6 +19,8 @@ from config.settings import Settings, load_settings
 #: (module, attribute) of each subcommand group; a module that is absent is skipped.
 _GROUPS = [
     ("jisr.commands.pki", "pki"),
+    ("jisr.commands.ocsp", "ocsp"),
+    ("jisr.commands.tsa", "tsa"),
     ("jisr.commands.registry", "registry"),
     ("jisr.commands.demo", "demo"),
     ("jisr.commands.node", "node"),
