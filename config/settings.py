@@ -56,11 +56,32 @@ class RegistrySettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """A security server node. Ports follow X-Road's defaults; 0 asks the OS for a free port."""
+
+    server_id: str = ""
+    host: str = "127.0.0.1"
+    client_http_port: int = 8080
+    client_https_port: int = 8443
+    server_port: int = 5500
+    admin_port: int = 4000
+    #: Address other nodes use to reach this node's server side, as ``host:port``.
+    public_address: str = ""
+    key_passphrase_env: str = "JISR_NODE_KEY_PASSPHRASE"  # noqa: S105 (a variable name)
+    conf_poll_s: int = 60
+    service_timeout_s: int = 30
+    connect_timeout_s: int = 5
+    max_body_bytes: int = 10 * 1024 * 1024
+    workers: int = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     logging: LoggingSettings = dataclasses.field(default_factory=LoggingSettings)
     registry: RegistrySettings = dataclasses.field(default_factory=RegistrySettings)
+    node: NodeSettings = dataclasses.field(default_factory=NodeSettings)
 
 
 T = TypeVar("T")
