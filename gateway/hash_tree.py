@@ -1,0 +1,142 @@
+"""Merkle hash trees in the style of RFC 6962 / RFC 9162, with SHA-256.
+
+Rules:
+
+- A leaf hash is ``SHA-256(0x00 || leaf bytes)``; an inner node is
+  ``SHA-256(0x01 || left || right)``. The two prefixes keep a leaf from ever passing for an
+  inner node (second-preimage attacks on the tree).
+- The tree over ``n`` leaves splits at ``k``, the largest power of two below ``n``: the left
+  subtree holds leaves ``0..k-1``, the right one the rest. A tree of one leaf has the leaf hash
+  as its root, so a single message needs no special case.
+- An inclusion proof is the leaf's index, the tree size and the sibling hashes from the leaf up
+  to the root. It is checked with the RFC 9162 §2.1.3.2 algorithm, which also refuses a path of
+  the wrong length for the claimed index and size.
+- Trees are capped at :data:`MAX_LEAVES` leaves so a hostile proof cannot claim an absurd size.
+
+This module does no I/O. The node signs batches of messages with it (``gateway.transport``) and
+the message log will timestamp batches of records with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+from collections.abc import Sequence
+from typing import Final
+
+HASH_SIZE: Final = 32
+#: Largest tree built or accepted; far above any batch a node signs or timestamps at once.
+MAX_LEAVES: Final = 1 << 20
+
+_LEAF_PREFIX: Final = b"\x00"
+_NODE_PREFIX: Final = b"\x01"
+
+
+def leaf_hash(data: bytes) -> bytes:
+    """The leaf hash of ``data`` (domain-separated from inner nodes)."""
+    return hashlib.sha256(_LEAF_PREFIX + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    """The hash of an inner node over its two children."""
+    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InclusionProof:
+    """Where a leaf sits in a tree and the sibling hashes that lead from it to the root."""
+
+    leaf_index: int
+    tree_size: int
+    path: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.tree_size <= MAX_LEAVES:
+            raise ValueError(f"tree size {self.tree_size} is outside 1..{MAX_LEAVES}")
+        if not 0 <= self.leaf_index < self.tree_size:
+            raise ValueError(
+                f"leaf index {self.leaf_index} is outside the tree of {self.tree_size} leaves"
+            )
+        if len(self.path) != path_length(self.leaf_index, self.tree_size):
+            raise ValueError(
+                f"a proof for leaf {self.leaf_index} of {self.tree_size} needs "
+                f"{path_length(self.leaf_index, self.tree_size)} hashes, got {len(self.path)}"
+            )
+        if any(len(h) != HASH_SIZE for h in self.path):
+            raise ValueError(f"every hash in a proof must be {HASH_SIZE} bytes")
+
+
+def path_length(leaf_index: int, tree_size: int) -> int:
+    """How many sibling hashes the proof of ``leaf_index`` in a tree of ``tree_size`` has."""
+    length = 0
+    index, size = leaf_index, tree_size
+    while size > 1:
+        k = _largest_power_of_two_below(size)
+        if index < k:
+            size = k
+        else:
+            index, size = index - k, size - k
+        length += 1
+    return length
+
+
+def _largest_power_of_two_below(n: int) -> int:
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def _build(hashes: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    if len(hashes) == 1:
+        return hashes[0], [[]]
+    k = _largest_power_of_two_below(len(hashes))
+    left_root, left_paths = _build(hashes[:k])
+    right_root, right_paths = _build(hashes[k:])
+    for p in left_paths:
+        p.append(right_root)
+    for p in right_paths:
+        p.append(left_root)
+    return node_hash(left_root, right_root), left_paths + right_paths
+
+
+def build(leaf_hashes: Sequence[bytes]) -> tuple[bytes, list[InclusionProof]]:
+    """The root over ``leaf_hashes`` (already hashed with :func:`leaf_hash`) and each one's proof.
+
+    Proofs come back in the order of the leaves.
+    """
+    n = len(leaf_hashes)
+    if not 1 <= n <= MAX_LEAVES:
+        raise ValueError(f"a hash tree needs 1..{MAX_LEAVES} leaves, got {n}")
+    if any(len(h) != HASH_SIZE for h in leaf_hashes):
+        raise ValueError(f"every leaf hash must be {HASH_SIZE} bytes")
+    root, paths = _build(list(leaf_hashes))
+    return root, [InclusionProof(i, n, tuple(p)) for i, p in enumerate(paths)]
+
+
+def root_from_proof(leaf: bytes, proof: InclusionProof) -> bytes | None:
+    """The root that ``proof`` leads to from ``leaf`` (a leaf hash), or None if it cannot."""
+    if len(leaf) != HASH_SIZE:
+        return None
+    index, last = proof.leaf_index, proof.tree_size - 1
+    current = leaf
+    for sibling in proof.path:
+        if last == 0:
+            return None
+        if index % 2 == 1 or index == last:
+            current = node_hash(sibling, current)
+            if index % 2 == 0:
+                while index % 2 == 0 and index != 0:
+                    index //= 2
+                    last //= 2
+        else:
+            current = node_hash(current, sibling)
+        index //= 2
+        last //= 2
+    if last != 0:
+        return None
+    return current
+
+
+def verify_proof(leaf: bytes, proof: InclusionProof, root: bytes) -> bool:
+    """True when ``proof`` shows that the leaf hash ``leaf`` is in the tree with ``root``."""
+    computed = root_from_proof(leaf, proof)
+    return computed is not None and hmac.compare_digest(computed, root)
