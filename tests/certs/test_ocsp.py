@@ -249,7 +249,7 @@ def _forged_response(
         )
         .responder_id(ocsp.OCSPResponderEncoding.HASH, signer.cert)
         .certificates([signer.cert])
-        .sign(signer.key, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(signer.key, hashes.SHA256())
         .public_bytes(serialization.Encoding.DER)
     )
 

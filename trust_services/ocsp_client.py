@@ -1,0 +1,306 @@
+"""Fetching OCSP responses over HTTP and keeping a node's own responses fresh.
+
+Rules:
+
+- :func:`fetch_ocsp` only moves bytes: it POSTs a request and returns the response body, with a
+  timeout and a size limit. Whether the response is acceptable is decided by
+  :func:`certs.ocsp.verify_response`; :func:`fetch_verdict` does both.
+- Every failure a caller can meet is an :class:`certs.ocsp.OcspError` naming the URL and what
+  went wrong; aiohttp and socket errors do not leak out.
+- :class:`OcspRefresher` keeps a verdict for each of a node's own certificates in an
+  :class:`certs.ocsp.OcspCache`, fetching a new one when the cache says it is due (well before
+  the old one stops being fresh). After a failure it retries that certificate with bounded
+  exponential backoff, and it always sleeps between passes, so a dead responder never causes a
+  busy loop. Time comes from an injected clock; tests drive :meth:`OcspRefresher.refresh_due`
+  directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+import aiohttp
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from certs.ocsp import (
+    DEFAULT_MAX_AGE,
+    OcspCache,
+    OcspError,
+    OcspVerdict,
+    build_request,
+    request_nonce,
+    verify_response,
+)
+from trust_services.ocsp_server import CONTENT_TYPE_REQUEST, CONTENT_TYPE_RESPONSE
+
+__all__ = [
+    "MAX_RESPONSE_BYTES",
+    "OcspRefresher",
+    "OwnCertificate",
+    "fetch_ocsp",
+    "fetch_verdict",
+]
+
+#: Largest OCSP response accepted; a one-certificate response with its signer is about 1 KiB.
+MAX_RESPONSE_BYTES = 64 * 1024
+DEFAULT_TIMEOUT = dt.timedelta(seconds=10)
+
+Clock = Callable[[], dt.datetime]
+
+_log = structlog.get_logger(__name__)
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def fetch_ocsp(
+    session: aiohttp.ClientSession,
+    url: str,
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    *,
+    request_der: bytes | None = None,
+    request_timeout: dt.timedelta = DEFAULT_TIMEOUT,
+) -> bytes:
+    """POST an OCSP request about ``cert`` to ``url`` and return the DER response body.
+
+    ``request_der`` overrides the request (e.g. one carrying a nonce the caller keeps); by
+    default a request without nonce is built, which responders may answer from their cache.
+    """
+    der = request_der if request_der is not None else build_request(cert, issuer, nonce=False)
+    try:
+        async with session.post(
+            url,
+            data=der,
+            headers={"Content-Type": CONTENT_TYPE_REQUEST, "Accept": CONTENT_TYPE_RESPONSE},
+            timeout=aiohttp.ClientTimeout(total=request_timeout.total_seconds()),
+        ) as resp:
+            if resp.status != 200:
+                raise OcspError(
+                    f"the OCSP responder at {url} answered HTTP {resp.status}; check the "
+                    "responder URL and that it is running"
+                )
+            if resp.content_type != CONTENT_TYPE_RESPONSE:
+                raise OcspError(
+                    f"the OCSP responder at {url} answered {resp.content_type!r}, not "
+                    f"{CONTENT_TYPE_RESPONSE}; check the responder URL"
+                )
+            return await _read_limited(resp, url)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise OcspError(
+            f"cannot reach the OCSP responder at {url}: {exc.__class__.__name__} {exc}".rstrip()
+        ) from exc
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, url: str) -> bytes:
+    if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
+        raise OcspError(f"the OCSP response from {url} exceeds {MAX_RESPONSE_BYTES} bytes")
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(16 * 1024):
+        body += chunk
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise OcspError(f"the OCSP response from {url} exceeds {MAX_RESPONSE_BYTES} bytes")
+    return bytes(body)
+
+
+async def fetch_verdict(
+    session: aiohttp.ClientSession,
+    url: str,
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    *,
+    trusted_responders: Sequence[x509.Certificate] | None = None,
+    max_age: dt.timedelta = DEFAULT_MAX_AGE,
+    nonce: bool = False,
+    clock: Clock = _utc_now,
+    request_timeout: dt.timedelta = DEFAULT_TIMEOUT,
+) -> OcspVerdict:
+    """Fetch and verify the status of ``cert``; with ``nonce`` the answer must echo one."""
+    request_der = build_request(cert, issuer, nonce=nonce)
+    der = await fetch_ocsp(
+        session, url, cert, issuer, request_der=request_der, request_timeout=request_timeout
+    )
+    return verify_response(
+        der,
+        cert,
+        issuer,
+        trusted_responders=trusted_responders,
+        now=clock(),
+        max_age=max_age,
+        nonce=request_nonce(request_der) if nonce else None,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OwnCertificate:
+    """One of a node's certificates whose OCSP response it keeps ready to staple."""
+
+    cert: x509.Certificate
+    issuer: x509.Certificate
+    #: The issuing CA's OCSP responder URL, as the global configuration lists it.
+    url: str
+    trusted_responders: tuple[x509.Certificate, ...] = ()
+
+
+@dataclasses.dataclass(slots=True)
+class _Attempts:
+    failures: int = 0
+    retry_at: dt.datetime | None = None
+    last_error: str | None = None
+
+
+class OcspRefresher:
+    """Keeps fresh OCSP verdicts for a set of own certificates in ``cache``.
+
+    Use as ``async with refresher:`` to run it in the background, or call
+    :meth:`refresh_due` yourself (tests, or a node's own scheduler).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        certificates: Sequence[OwnCertificate],
+        cache: OcspCache,
+        *,
+        max_age: dt.timedelta = DEFAULT_MAX_AGE,
+        clock: Clock = _utc_now,
+        min_backoff: dt.timedelta = dt.timedelta(seconds=5),
+        max_backoff: dt.timedelta = dt.timedelta(minutes=5),
+        min_sleep: dt.timedelta = dt.timedelta(seconds=1),
+        max_sleep: dt.timedelta = dt.timedelta(minutes=5),
+        request_timeout: dt.timedelta = DEFAULT_TIMEOUT,
+    ) -> None:
+        if min_backoff <= dt.timedelta(0) or min_sleep <= dt.timedelta(0):
+            raise ValueError("backoff and sleep must be positive, or the refresher would spin")
+        self._session = session
+        self._certificates = tuple(certificates)
+        self._cache = cache
+        self._max_age = max_age
+        self._clock = clock
+        self._min_backoff = min_backoff
+        self._max_backoff = max(max_backoff, min_backoff)
+        self._min_sleep = min_sleep
+        self._max_sleep = max(max_sleep, min_sleep)
+        self._timeout = request_timeout
+        self._attempts: dict[bytes, _Attempts] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def certificates(self) -> tuple[OwnCertificate, ...]:
+        return self._certificates
+
+    def replace_certificates(self, certificates: Sequence[OwnCertificate]) -> None:
+        """Track a new set of certificates (e.g. after a key rotation) from the next pass."""
+        self._certificates = tuple(certificates)
+        keep = {_key(own.cert) for own in self._certificates}
+        self._attempts = {k: v for k, v in self._attempts.items() if k in keep}
+        self._wake.set()
+
+    def failures(self, cert: x509.Certificate) -> int:
+        """Consecutive failed refreshes of ``cert`` (0 after a success)."""
+        attempts = self._attempts.get(_key(cert))
+        return attempts.failures if attempts else 0
+
+    def retry_at(self, cert: x509.Certificate) -> dt.datetime | None:
+        """When a failed refresh of ``cert`` will be tried again; None when none failed."""
+        attempts = self._attempts.get(_key(cert))
+        return attempts.retry_at if attempts else None
+
+    async def refresh_due(self) -> list[OwnCertificate]:
+        """Refresh every certificate that is due and not waiting out a backoff.
+
+        Returns the certificates refreshed successfully; failures are recorded, logged and
+        retried later, never raised.
+        """
+        refreshed: list[OwnCertificate] = []
+        for own in self._certificates:
+            now = self._clock()
+            attempts = self._attempts.setdefault(_key(own.cert), _Attempts())
+            if not self._cache.needs_refresh(own.cert, now):
+                continue
+            if attempts.retry_at is not None and now < attempts.retry_at:
+                continue
+            try:
+                verdict = await fetch_verdict(
+                    self._session,
+                    own.url,
+                    own.cert,
+                    own.issuer,
+                    trusted_responders=own.trusted_responders,
+                    max_age=self._max_age,
+                    clock=self._clock,
+                    request_timeout=self._timeout,
+                )
+            except OcspError as exc:
+                attempts.failures += 1
+                backoff = min(self._max_backoff, self._min_backoff * 2 ** (attempts.failures - 1))
+                attempts.retry_at = self._clock() + backoff
+                attempts.last_error = exc.message
+                _log.warning(
+                    "ocsp_refresh_failed",
+                    serial=f"{own.cert.serial_number:x}",
+                    url=own.url,
+                    failures=attempts.failures,
+                    retry_in_s=backoff.total_seconds(),
+                    error=exc.message,
+                )
+                continue
+            self._cache.put(own.cert, verdict)
+            self._attempts[_key(own.cert)] = _Attempts()
+            refreshed.append(own)
+            if verdict.status.state != "good":
+                _log.warning(
+                    "ocsp_own_certificate_not_good",
+                    serial=f"{own.cert.serial_number:x}",
+                    state=verdict.status.state,
+                )
+        return refreshed
+
+    def next_wakeup(self) -> dt.datetime:
+        """When the next pass should run: the earliest due refresh or retry, within bounds."""
+        now = self._clock()
+        earliest = now + self._max_sleep
+        for own in self._certificates:
+            due = self._cache.refresh_at(own.cert) or now
+            attempts = self._attempts.get(_key(own.cert))
+            if attempts and attempts.retry_at is not None:
+                due = max(due, attempts.retry_at)
+            earliest = min(earliest, due)
+        return max(earliest, now + self._min_sleep)
+
+    async def run(self) -> None:
+        """Refresh forever; returns only when cancelled."""
+        while True:
+            await self.refresh_due()
+            delay = (self.next_wakeup() - self._clock()).total_seconds()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.0))
+
+    async def __aenter__(self) -> OcspRefresher:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="ocsp-refresher")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _key(cert: x509.Certificate) -> bytes:
+    return cert.fingerprint(hashes.SHA256())
