@@ -1,0 +1,1 @@
+"""The registry's database schema, as ordered SQL migrations (append-only; add, never edit)."""
