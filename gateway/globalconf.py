@@ -18,8 +18,11 @@ Rules:
   registry finds its own mistakes before any node does.
 * Lookups a node makes per message (``servers_for_client``, ``is_in_group``,
   ``auth_cert_registered``...) are dictionary look-ups on indexes built once per version.
-* Signing and verification (CMS, detached) are here as well; time is always an argument.
-  Nothing in this module does I/O.
+* The registry signs the document bytes with a detached CMS signature (:func:`sign_globalconf`)
+  by a configuration signing key the document lists as ``active``. A node accepts a download
+  only through :func:`verify_globalconf`: signer trusted by the anchor or announced by the
+  previous accepted version, strict parse, same instance, no rollback, unbroken digest chain
+  between consecutive versions, not expired. Time is always an argument; nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -32,13 +35,16 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from config.errors import IdentifierError
+from certs.cms import sign_detached, verify_detached
+from certs.errors import MalformedSignatureError, SignatureError
+from certs.signer import Signer
+from config.errors import ConfigError, IdentifierError
 from gateway.faults import CLIENT_PROXY, FaultError
 from gateway.identifiers import (
     ClientId,
@@ -48,6 +54,9 @@ from gateway.identifiers import (
     check_part,
     parse_client,
 )
+
+if TYPE_CHECKING:
+    from gateway.anchor import Anchor
 
 FORMAT: Final = "jisr-globalconf/1"
 
@@ -967,3 +976,114 @@ def _conf_from_obj(obj: object) -> GlobalConf:
         global_groups=tuple(groups),
         signing_keys=tuple(keys),
     )
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def sign_globalconf(conf: GlobalConf, signer: Signer, *, now: dt.datetime) -> tuple[bytes, bytes]:
+    """The document bytes and their detached CMS signature (DER), as the registry serves them.
+
+    The signer must be a key the configuration itself lists as ``active``: nodes learn the
+    next key from ``announced`` entries, so signing with a key the document does not list
+    would strand every node once the anchor's keys are retired.
+    """
+    key = conf.signing_key_for(signer.certificate)
+    if key is None or key.state != "active":
+        raise ConfigError(
+            f"the configuration signing key {key_id_of(signer.certificate)} is not listed as "
+            f"'active' in signing_keys of version {conf.version}; list it as active (after "
+            "announcing it in an earlier version) or sign with the active key"
+        )
+    document = conf.to_document()
+    return document, sign_detached(document, signer, signing_time=now)
+
+
+def verify_globalconf(
+    document: bytes,
+    signature: bytes,
+    *,
+    anchor: Anchor,
+    previous: GlobalConf | None,
+    now: dt.datetime,
+) -> GlobalConf:
+    """Accept a downloaded configuration on a node, or raise a :class:`GlobalConfError`.
+
+    Trusted signers are the anchor's certificates and, when ``previous`` is given, every key
+    that ``previous`` lists (``active`` or ``announced``: a key announced in version N may
+    sign N+1). ``previous`` must itself have been accepted by this function. Checks, in
+    order: size, signature, signer trust, strict parsing, instance, version sequence against
+    ``previous`` (no rollback; same version only with the same bytes; N+1 must name N's
+    digest), ``generated_at`` not ahead of ``now`` by more than :data:`CLOCK_SKEW`, and
+    ``expires_at`` after ``now``.
+    """
+    if len(document) > MAX_DOCUMENT_BYTES:
+        raise MalformedGlobalConf(
+            f"the global configuration document is {len(document)} bytes; at most "
+            f"{MAX_DOCUMENT_BYTES} are accepted"
+        )
+    try:
+        verified = verify_detached(signature, document)
+    except MalformedSignatureError as exc:
+        raise UntrustedGlobalConf(
+            f"the global configuration signature is malformed: {exc.message}",
+            fault_name="MalformedSignature",
+        ) from exc
+    except SignatureError as exc:
+        raise UntrustedGlobalConf(
+            f"the global configuration signature does not verify: {exc.message}"
+        ) from exc
+
+    signer = verified.signer
+    announced = previous is not None and previous.signing_key_for(signer) is not None
+    if not anchor.trusts(signer) and not announced:
+        raise UntrustedGlobalConf(
+            f"the global configuration is signed by a key ({key_id_of(signer)}) that is "
+            "neither in the anchor nor announced in the previous configuration; if the "
+            "registry rotated its key while this node was offline, install a new anchor"
+        )
+
+    conf = GlobalConf.from_document(document)
+    if conf.instance != anchor.instance:
+        raise RejectedGlobalConf(
+            f"the global configuration is for instance {conf.instance}, but this node's anchor "
+            f"is for instance {anchor.instance}; check the configuration source URL"
+        )
+
+    if previous is not None:
+        if previous.instance != anchor.instance:
+            raise RejectedGlobalConf(
+                f"the previously accepted configuration is for instance {previous.instance}, "
+                f"not the anchor's {anchor.instance}; discard it and download again"
+            )
+        if conf.version < previous.version:
+            raise RejectedGlobalConf(
+                f"the global configuration version {conf.version} is older than the version "
+                f"{previous.version} already accepted: rollback refused"
+            )
+        if conf.version == previous.version and conf.to_document() != previous.to_document():
+            raise RejectedGlobalConf(
+                f"the global configuration version {conf.version} differs from the version "
+                f"{previous.version} already accepted although they have the same number: "
+                "refused (a registry publishes each version once)"
+            )
+        if conf.version == previous.version + 1 and conf.previous_digest != previous.digest:
+            raise RejectedGlobalConf(
+                f"the global configuration version {conf.version} names previous_digest "
+                f"{conf.previous_digest}, but the accepted version {previous.version} has "
+                f"digest {previous.digest}: the chain of versions is broken, refused"
+            )
+
+    if conf.generated_at > now + CLOCK_SKEW:
+        raise RejectedGlobalConf(
+            f"the global configuration was generated at {format_time(conf.generated_at)}, "
+            f"later than this node's clock ({format_time(now)}) allows; check the clocks of "
+            "the node and the registry"
+        )
+    if conf.expires_at <= now:
+        raise OutdatedGlobalConf(
+            f"the global configuration version {conf.version} expired at "
+            f"{format_time(conf.expires_at)} (now {format_time(now)}); the registry has not "
+            "published a newer one, or this node cannot download it"
+        )
+    return conf
