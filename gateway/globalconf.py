@@ -36,6 +36,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar
+from urllib.parse import urljoin
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -76,6 +77,7 @@ _T = TypeVar("_T")
 _DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}")
 _KEY_ID_RE: Final = re.compile(r"[0-9a-f]{64}")
 _TIME_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_REL_PATH_RE: Final = re.compile(r"[A-Za-z0-9._/-]+")
 
 
 # --------------------------------------------------------------------------- errors
@@ -272,9 +274,12 @@ class GlobalConf:
     global_groups: tuple[GlobalGroup, ...]
     signing_keys: tuple[SigningKey, ...]
     _index: _Index = dataclasses.field(init=False, repr=False, compare=False)
+    _document: bytes = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", _validate(self))
+        # Serialised once: nodes compare and digest it on every download.
+        object.__setattr__(self, "_document", canonical_json(self.to_obj()))
 
     # ---- document form
 
@@ -358,7 +363,7 @@ class GlobalConf:
 
     def to_document(self) -> bytes:
         """The canonical bytes the registry signs and serves."""
-        return canonical_json(self.to_obj())
+        return self._document
 
     @property
     def digest(self) -> str:
@@ -502,6 +507,8 @@ def build_globalconf(
 
 
 def _bad(path: str, problem: str) -> NoReturn:
+    if path == "pointer":
+        raise MalformedGlobalConf(f"the global configuration pointer {problem}")
     where = "document" if path == "document" else f"field {path}"
     raise MalformedGlobalConf(f"global configuration {where} {problem}")
 
@@ -976,6 +983,73 @@ def _conf_from_obj(obj: object) -> GlobalConf:
         global_groups=tuple(groups),
         signing_keys=tuple(keys),
     )
+
+
+# --------------------------------------------------------------------------- pointer
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GlobalConfPointer:
+    """The small ``{base}/globalconf/current`` document naming the newest version's files.
+
+    ``document`` and ``signature`` are paths relative to ``{base}/globalconf/``; the files
+    they name are immutable, so mirrors and caches may keep them forever. The pointer itself
+    is not signed: everything it leads to is verified by :func:`verify_globalconf`.
+    """
+
+    version: int
+    document: str
+    signature: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.version, bool) or not isinstance(self.version, int):
+            raise MalformedGlobalConf("the configuration pointer's version must be an integer")
+        if self.version < 1:
+            raise MalformedGlobalConf("the configuration pointer's version must be at least 1")
+        for name in ("document", "signature"):
+            _check_relative_path(getattr(self, name), name)
+
+    @classmethod
+    def for_version(cls, version: int) -> GlobalConfPointer:
+        """The registry's layout: ``v/N/conf.json`` and ``v/N/conf.json.p7s``."""
+        return cls(version, f"v/{version}/conf.json", f"v/{version}/conf.json.p7s")
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {"version": self.version, "document": self.document, "signature": self.signature}
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GlobalConfPointer:
+        if len(data) > 64 * 1024:
+            raise MalformedGlobalConf(
+                f"the configuration pointer is {len(data)} bytes; at most 65536 are accepted"
+            )
+        obj = _object(
+            _load_json(data, "the configuration pointer"),
+            "pointer",
+            ("version", "document", "signature"),
+        )
+        return cls(obj["version"], obj["document"], obj["signature"])
+
+    def urls(self, pointer_url: str) -> tuple[str, str]:
+        """Absolute URLs of the document and its signature, given where the pointer was read."""
+        return urljoin(pointer_url, self.document), urljoin(pointer_url, self.signature)
+
+
+def _check_relative_path(value: object, name: str) -> None:
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > 1024
+        or not _REL_PATH_RE.fullmatch(value)
+        or any(part in ("", ".", "..") for part in value.split("/"))
+    ):
+        raise MalformedGlobalConf(
+            f"the configuration pointer's {name} {value!r} is not a plain relative path "
+            "(letters, digits, '.', '_', '-' and '/', no '..'); the registry must serve paths "
+            "below its globalconf/ directory"
+        )
 
 
 # --------------------------------------------------------------------------- signing

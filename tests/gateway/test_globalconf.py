@@ -14,6 +14,7 @@ from gateway.globalconf import (
     ApprovedCa,
     ApprovedTsa,
     GlobalConf,
+    GlobalConfPointer,
     GlobalGroup,
     GlobalSettings,
     MalformedGlobalConf,
@@ -323,3 +324,35 @@ def test_builder_refuses_bad_address(sample: Sample) -> None:
             [],
             [SigningKey(sample.conf_key.cert)],
         )
+
+
+def test_pointer_names_the_immutable_files_of_a_version() -> None:
+    pointer = GlobalConfPointer.for_version(17)
+    data = pointer.to_bytes()
+    assert json.loads(data) == {
+        "version": 17,
+        "document": "v/17/conf.json",
+        "signature": "v/17/conf.json.p7s",
+    }
+    assert GlobalConfPointer.from_bytes(data) == pointer
+    assert pointer.urls("http://127.0.0.1:4400/globalconf/current") == (
+        "http://127.0.0.1:4400/globalconf/v/17/conf.json",
+        "http://127.0.0.1:4400/globalconf/v/17/conf.json.p7s",
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"version":1,"document":"../secret","signature":"v/1/conf.json.p7s"}',
+        b'{"version":1,"document":"http://evil.test/x","signature":"v/1/conf.json.p7s"}',
+        b'{"version":1,"document":"/etc/passwd","signature":"v/1/conf.json.p7s"}',
+        b'{"version":0,"document":"v/0/conf.json","signature":"v/0/conf.json.p7s"}',
+        b'{"version":"1","document":"v/1/conf.json","signature":"v/1/conf.json.p7s"}',
+        b'{"version":1,"document":"v/1/conf.json"}',
+        b"[]",
+    ],
+)
+def test_refuses_pointer_that_leads_elsewhere_or_is_malformed(data: bytes) -> None:
+    with pytest.raises(MalformedGlobalConf, match="pointer"):
+        GlobalConfPointer.from_bytes(data)

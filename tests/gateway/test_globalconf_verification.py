@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from certs.cms import sign_detached
 from certs.signer import SoftwareSigner
@@ -236,3 +239,25 @@ def test_registry_refuses_to_sign_with_a_key_the_configuration_does_not_list(
 def sign_signed_bytes(sample: Sample, document: bytes) -> bytes:
     """A valid signature by the anchor key over arbitrary bytes (a compromised-registry case)."""
     return sign_detached(document, signer_of(sample.conf_key), signing_time=GENERATED)
+
+
+@pytest.mark.openssl
+def test_openssl_verifies_the_published_signature(
+    sample: Sample, anchor: Anchor, tmp_path: Path
+) -> None:
+    """An operator can check a downloaded version with plain openssl and the anchor's cert."""
+    document, signature = publish(sample, sample.build())
+    (tmp_path / "conf.json").write_bytes(document)
+    (tmp_path / "conf.json.p7s").write_bytes(signature)
+    (tmp_path / "anchor.pem").write_bytes(
+        sample.conf_key.cert.public_bytes(serialization.Encoding.PEM)
+    )
+    command = [
+        "openssl", "cms", "-verify", "-binary", "-inform", "DER",
+        "-in", str(tmp_path / "conf.json.p7s"), "-content", str(tmp_path / "conf.json"),
+        "-CAfile", str(tmp_path / "anchor.pem"), "-purpose", "any",
+        "-attime", str(int(NOW.timestamp())), "-out", str(tmp_path / "out.json"),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "out.json").read_bytes() == document
