@@ -185,6 +185,8 @@ class _TimeStampResp(asn1_core.Sequence):  # type: ignore[misc]  # asn1crypto is
 def rejection(fail_info: str, message: str, *, status: str = "rejection") -> bytes:
     """A TimeStampResp refusing a request; ``fail_info`` is an RFC 3161 PKIFailureInfo name
     in asn1crypto spelling (``bad_alg``, ``bad_data_format``, ``system_failure``, ...)."""
+    if fail_info not in asn1_tsp.PKIFailureInfo._map.values():
+        raise ValueError(f"{fail_info!r} is not an RFC 3161 PKIFailureInfo name")
     status_info = {"status": status, "status_string": [message], "fail_info": {fail_info}}
     return bytes(_TimeStampResp({"status": status_info}).dump())
 
@@ -349,7 +351,7 @@ class TimestampAuthority:
                 f"policy {policy_oid} is not offered; this TSA issues under {self.policy_oid}",
             )
         if extensions:
-            raise _RequestRefused("unaccepted_extension", "this TSA accepts no request extensions")
+            raise _RequestRefused("unaccepted_extensions", "this TSA accepts no request extensions")
         return _AcceptedRequest(imprint_der, nonce, cert_req)
 
     def _issue_token(self, request: _AcceptedRequest, *, now: dt.datetime, serial: int) -> bytes:
