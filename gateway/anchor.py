@@ -194,7 +194,13 @@ def _array(value: object, path: str) -> list[Any]:
 def _check_url(value: object, path: str) -> str:
     if not isinstance(value, str) or not value.startswith(("http://", "https://")):
         _bad(path, f"{value!r} is not an http:// or https:// URL")
-    if len(value) > 2048 or len(value) <= len("https://") or any(c.isspace() for c in value):
+    if (
+        len(value) > 2048
+        or len(value) <= len("https://")
+        or not value.isascii()
+        or not value.isprintable()
+        or " " in value
+    ):
         _bad(path, f"{value!r} is not a usable URL")
     return value
 

@@ -520,11 +520,18 @@ def _check_text(value: object, path: str, *, allow_empty: bool = False, limit: i
         _bad(path, "must not be empty")
     if len(value) > limit:
         _bad(path, f"is {len(value)} characters long; at most {limit} are allowed")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            _bad(path, "contains a lone UTF-16 surrogate (\\ud800-\\udfff), not valid Unicode")
     return value
 
 
 def _check_url(value: object, path: str) -> str:
     url = _check_text(value, path, limit=2048)
+    if not url.isascii() or not url.isprintable():
+        _bad(path, f"{url!r} must be printable ASCII (percent-encode anything else)")
     if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
         _bad(path, f"{url!r} is not an http:// or https:// URL")
     if any(c.isspace() for c in url):

@@ -84,6 +84,7 @@ def test_trusts_only_its_verification_certificates(
         (lambda o: o.update(instance="I Q"), "field instance is invalid"),
         (lambda o: o.update(sources=[]), "at least one place"),
         (lambda o: o.update(sources=[{"url": "ftp://x/current"}]), "not an http"),
+        (lambda o: o.update(sources=[{"url": "http://x\u2028/current"}]), "not a usable URL"),
         (lambda o: o.update(sources=[{"url": SOURCE, "x": 1}]), "exactly the field"),
         (lambda o: o.update(verification_certs=[]), "at least one configuration signing"),
         (lambda o: o.update(verification_certs=["AAAA"]), "not a base64 DER"),

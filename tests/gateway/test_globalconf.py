@@ -356,3 +356,22 @@ def test_pointer_names_the_immutable_files_of_a_version() -> None:
 def test_refuses_pointer_that_leads_elsewhere_or_is_malformed(data: bytes) -> None:
     with pytest.raises(MalformedGlobalConf, match="pointer"):
         GlobalConfPointer.from_bytes(data)
+
+
+def test_refuses_lone_surrogate_in_text(sample: Sample) -> None:
+    document = (
+        sample.build()
+        .to_document()
+        .replace(b'"National Data Centre"', b'"National \\ud800 Centre"')
+    )
+    with pytest.raises(MalformedGlobalConf, match=r"members\[0\]\.name contains a lone"):
+        GlobalConf.from_document(document)
+
+
+def test_refuses_non_ascii_url(sample: Sample) -> None:
+    document = edited(
+        sample.build().to_document(),
+        lambda o: o["approved_tsas"][0].update(url="http://تسا.test/"),
+    )
+    with pytest.raises(MalformedGlobalConf, match="printable ASCII"):
+        GlobalConf.from_document(document)
