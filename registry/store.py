@@ -436,6 +436,16 @@ class RegistryStore:
                 subsystem.subsystem_code,
             )
 
+    async def ensure_subsystem(self, conn: Connection, subsystem: SubsystemId) -> None:
+        """Create ``subsystem`` if missing, inside the caller's transaction (client requests)."""
+        member_pk = await self._member_pk(conn, subsystem.member)
+        await conn.execute(
+            "INSERT INTO subsystems (member_id, subsystem_code) VALUES ($1, $2) "
+            "ON CONFLICT ON CONSTRAINT subsystems_member_code_key DO NOTHING",
+            member_pk,
+            subsystem.subsystem_code,
+        )
+
     async def delete_subsystem(self, actor: str, subsystem: SubsystemId) -> None:
         await self._check_instance(subsystem.instance)
         async with self._write(actor, "subsystem.delete", {"subsystem": str(subsystem)}) as conn:
