@@ -844,7 +844,7 @@ _TOP_KEYS: Final = (
 
 
 def _conf_from_obj(obj: object) -> GlobalConf:
-    if isinstance(obj, dict) and obj.get("format") != FORMAT:
+    if isinstance(obj, dict) and "format" in obj and obj["format"] != FORMAT:
         _bad(
             "format",
             f"{obj.get('format')!r} is not a format this node understands (expected {FORMAT!r})",
