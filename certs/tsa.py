@@ -49,6 +49,10 @@ MAX_REQUEST_BYTES: Final = 16 * 1024
 #: Largest TimeStampResp or token accepted; a token with a long chain is a few kilobytes.
 MAX_RESPONSE_BYTES: Final = 256 * 1024
 
+#: Policy of Jisr's TSAs unless the operator names another: an OID under the UUID arc 2.25
+#: (ITU-T X.667), which needs no registration and cannot clash with another organisation's.
+DEFAULT_POLICY_OID: Final = "2.25.50036134044363814531661193313733990650"
+
 #: Imprint hashes accepted, by asn1crypto name; the value is the digest length in bytes.
 SUPPORTED_HASHES: Final = {"sha256": 32, "sha384": 48, "sha512": 64}
 _HASH_OIDS: Final = {

@@ -1,0 +1,232 @@
+"""``jisr tsa``: run an RFC 3161 timestamping authority.
+
+Rules: the TSA key's passphrase is read from the environment variable the operator names
+(``--key-passphrase-env``), never from the command line, and never logged. Token serial numbers
+come from a counter file in the state directory (``--state-dir``, default ``<data_dir>/tsa``),
+so they keep increasing across restarts. The bound URL is printed on one line when the server
+is ready, so scripts can start it with ``--port 0`` and read where it listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from certs.signer import SigningKey
+from certs.tsa import DEFAULT_POLICY_OID, TimestampAuthority
+from config.errors import ConfigError
+from trust_services.http_server import serve_app
+from trust_services.tsa_server import SerialNumbers, tsa_app
+
+__all__ = ["load_authority", "run_tsa", "tsa"]
+
+_log = structlog.get_logger(__name__)
+
+#: Certificates and keys are a few KiB; anything far larger is the wrong file.
+_MAX_FILE_BYTES = 1024 * 1024
+SERIAL_FILE_NAME = "serial"
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        if path.stat().st_size > _MAX_FILE_BYTES:
+            raise ConfigError(f"{path} is too large to be a {what}")
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
+
+
+def _load_certificates(path: Path, what: str) -> list[x509.Certificate]:
+    data = _read(path, what)
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+        else:
+            certs = [x509.load_der_x509_certificate(data)]
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a PEM or DER {what}") from exc
+    return certs
+
+
+def _load_key(path: Path, passphrase: bytes | None) -> SigningKey:
+    data = _read(path, "TSA key")
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(data, passphrase)
+        else:
+            key = serialization.load_der_private_key(data, passphrase)
+    except TypeError as exc:
+        hint = (
+            "the key is encrypted: name the environment variable holding its passphrase with "
+            "--key-passphrase-env"
+            if passphrase is None
+            else "the key is not encrypted: drop --key-passphrase-env"
+        )
+        raise ConfigError(f"cannot load the TSA key {path}: {hint}") from exc
+    except ValueError as exc:
+        raise ConfigError(
+            f"cannot load the TSA key {path}: not a private key, or the passphrase is wrong"
+        ) from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ConfigError(f"the TSA key {path} must be an ECDSA or RSA key")
+    if passphrase is None:
+        _log.warning("tsa_key_not_encrypted", key=str(path))
+    return key
+
+
+def load_authority(
+    *,
+    cert_path: Path,
+    key_path: Path,
+    passphrase: bytes | None,
+    policy_oid: str = DEFAULT_POLICY_OID,
+    chain_path: Path | None = None,
+    accuracy_s: int = 1,
+) -> TimestampAuthority:
+    """A :class:`TimestampAuthority` from files; the certificate file may carry the chain
+    after the TSA certificate, or ``chain_path`` may hold it."""
+    certs = _load_certificates(cert_path, "TSA certificate")
+    chain = certs[1:] + (_load_certificates(chain_path, "CA chain") if chain_path else [])
+    key = _load_key(key_path, passphrase)
+    return TimestampAuthority(
+        certs[0], key, policy_oid=policy_oid, chain=chain, accuracy_s=accuracy_s
+    )
+
+
+async def run_tsa(
+    authority: TimestampAuthority,
+    serials: SerialNumbers,
+    host: str,
+    port: int,
+    *,
+    stop: asyncio.Event,
+    ready: Callable[[str], None],
+) -> None:
+    """Serve ``authority`` until ``stop`` is set; ``ready`` receives the bound URL."""
+    async with serve_app(tsa_app(authority, serials), host, port) as url:
+        ready(url + "/")
+        await stop.wait()
+
+
+@click.group()
+def tsa() -> None:
+    """RFC 3161 timestamping authority."""
+
+
+@tsa.command("serve")
+@click.option(
+    "--cert",
+    "cert_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="TSA certificate (PEM or DER) with the critical extended key usage timeStamping; "
+    "CA certificates may follow it in a PEM file.",
+)
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The TSA certificate's private key (PKCS#8, encrypted).",
+)
+@click.option(
+    "--key-passphrase-env",
+    metavar="VAR",
+    help="Name of the environment variable holding the key's passphrase.",
+)
+@click.option(
+    "--chain",
+    "chain_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="PEM file of intermediate CA certificates, sent in tokens that ask for certificates.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0: any free port."
+)
+@click.option(
+    "--policy",
+    "policy_oid",
+    default=DEFAULT_POLICY_OID,
+    show_default=True,
+    help="TSA policy object identifier put in every token.",
+)
+@click.option(
+    "--accuracy",
+    "accuracy_s",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0, 3600),
+    help="Accuracy of the clock in seconds, stated in tokens (0: not stated).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of the serial-number counter (default: <data_dir>/tsa).",
+)
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    cert_path: Path,
+    key_path: Path,
+    key_passphrase_env: str | None,
+    chain_path: Path | None,
+    host: str,
+    port: int,
+    policy_oid: str,
+    accuracy_s: int,
+    state_dir: Path | None,
+) -> None:
+    """Answer timestamp requests (POST / with application/timestamp-query) until interrupted."""
+    passphrase: bytes | None = None
+    if key_passphrase_env:
+        value = os.environ.get(key_passphrase_env)
+        if value is None:
+            raise ConfigError(
+                f"environment variable {key_passphrase_env} is not set; export the TSA key's "
+                "passphrase in it"
+            )
+        passphrase = value.encode()
+    authority = load_authority(
+        cert_path=cert_path,
+        key_path=key_path,
+        passphrase=passphrase,
+        policy_oid=policy_oid,
+        chain_path=chain_path,
+        accuracy_s=accuracy_s,
+    )
+    if state_dir is None:
+        from jisr.cli import settings_of  # here: jisr.cli imports this module while loading
+
+        state_dir = settings_of(ctx).data_dir / "tsa"
+    serials = SerialNumbers(state_dir / SERIAL_FILE_NAME)
+    asyncio.run(_serve_until_signalled(authority, serials, host, port))
+
+
+async def _serve_until_signalled(
+    authority: TimestampAuthority, serials: SerialNumbers, host: str, port: int
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # not available on every platform
+            loop.add_signal_handler(signum, stop.set)
+
+    def ready(url: str) -> None:
+        click.echo(f"TSA listening on {url}", nl=True)
+        _log.info(
+            "tsa_started", url=url, policy=authority.policy_oid, serial_file=str(serials.path)
+        )
+
+    await run_tsa(authority, serials, host, port, stop=stop, ready=ready)
+    _log.info("tsa_stopped")
