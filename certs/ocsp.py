@@ -315,7 +315,9 @@ def _asn1_status(status: CertStatus) -> a_ocsp.CertStatus:
     if status.state == "revoked":
         if status.revoked_at is None:
             raise OcspError("a revoked certificate's status must carry its revocation time")
-        revoked: dict[str, object] = {"revocation_time": _utc(status.revoked_at)}
+        # GeneralizedTime without fractional seconds: strict DER parsers refuse fractions.
+        revoked_at = _utc(status.revoked_at).replace(microsecond=0)
+        revoked: dict[str, object] = {"revocation_time": revoked_at}
         if status.reason is not None:
             if status.reason not in _REASONS:
                 raise OcspError(f"unknown revocation reason {status.reason!r}")

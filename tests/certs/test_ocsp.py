@@ -98,6 +98,19 @@ def test_answers_revoked_with_time_and_reason(
     )
 
 
+def test_answers_revocation_time_in_whole_seconds(
+    pki: FixturePki, responder_cert: Issued, revoked: Issued
+) -> None:
+    precise = REVOKED_AT + dt.timedelta(microseconds=123456)
+    responder = OcspResponder(
+        pki.root.cert,
+        (responder_cert.cert, responder_cert.key),
+        lambda serial: CertStatus("revoked", revoked_at=precise, reason=None),
+    )
+    der = responder.respond(build_request(revoked.cert, pki.root.cert, nonce=False), now=NOW)
+    assert _verify(der, revoked, pki) == CertStatus("revoked", revoked_at=REVOKED_AT)
+
+
 def test_answers_unknown_for_serial_the_ca_does_not_know(
     responder: OcspResponder, pki: FixturePki
 ) -> None:

@@ -1,0 +1,217 @@
+"""``jisr ocsp``: run the OCSP responder of a Jisr CA.
+
+Rules: the responder key's passphrase is read from the environment variable the operator
+names (``--key-passphrase-env``), never from the command line, and never logged. Certificate
+status comes from the CA directory's index (:class:`certs.ca.CaIndex`), which re-reads the
+index when the CA revokes a certificate, so a running responder answers revocations without a
+restart. The bound URL is printed on one line when the server is ready, so scripts can start
+it with ``--port 0`` and read where it listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from certs.errors import KeyStoreError
+from certs.ocsp import DEFAULT_VALIDITY, OcspResponder, StatusLookup
+from certs.signer import SigningKey, SoftwareSigner
+from config.errors import ConfigError
+from trust_services.http_server import serve_app
+from trust_services.ocsp_server import ocsp_app
+
+__all__ = ["load_certificate", "load_responder", "ocsp", "run_responder"]
+
+_log = structlog.get_logger(__name__)
+
+#: Certificates and keys are a few KiB; anything far larger is the wrong file.
+_MAX_FILE_BYTES = 1024 * 1024
+
+
+def load_certificate(path: Path, what: str) -> x509.Certificate:
+    """A PEM (or DER) certificate from ``path``; ``what`` names it in error messages."""
+    try:
+        if path.stat().st_size > _MAX_FILE_BYTES:
+            raise ConfigError(f"{path} is too large to be a certificate ({what})")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} certificate {path}: {exc.strerror}") from exc
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a PEM or DER certificate ({what})") from exc
+
+
+def _load_key(path: Path, passphrase: bytes | None) -> SigningKey:
+    try:
+        if path.stat().st_size > _MAX_FILE_BYTES:
+            raise ConfigError(f"{path} is too large to be a private key")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the responder key {path}: {exc.strerror}") from exc
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(data, passphrase)
+        else:
+            key = serialization.load_der_private_key(data, passphrase)
+    except TypeError as exc:
+        hint = (
+            "the key is encrypted: name the variable holding its passphrase with "
+            "--key-passphrase-env"
+            if passphrase is None
+            else "the key is not encrypted: drop --key-passphrase-env"
+        )
+        raise KeyStoreError(f"cannot load the responder key {path}: {hint}") from exc
+    except ValueError as exc:
+        raise KeyStoreError(
+            f"cannot load the responder key {path}: not a private key, or the passphrase is wrong"
+        ) from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise KeyStoreError(f"the responder key {path} must be an ECDSA or RSA key")
+    return key
+
+
+def load_responder(
+    *,
+    cert_path: Path,
+    key_path: Path,
+    issuer: x509.Certificate,
+    lookup: StatusLookup,
+    passphrase: bytes | None = None,
+    validity: dt.timedelta = DEFAULT_VALIDITY,
+) -> OcspResponder:
+    """An :class:`OcspResponder` from files, checking that key and certificates belong together."""
+    cert = load_certificate(cert_path, "OCSP responder")
+    key = _load_key(key_path, passphrase)
+    return OcspResponder(issuer, SoftwareSigner(key, cert), lookup, validity=validity)
+
+
+async def run_responder(
+    responder: OcspResponder,
+    host: str,
+    port: int,
+    *,
+    stop: asyncio.Event,
+    ready: Callable[[str], None],
+) -> None:
+    """Serve ``responder`` until ``stop`` is set; ``ready`` receives the bound URL."""
+    async with serve_app(ocsp_app(responder), host, port) as url:
+        ready(url + "/")
+        await stop.wait()
+
+
+def _ca_index(ca_dir: Path) -> tuple[StatusLookup, x509.Certificate]:
+    """The status lookup and issuing certificate of the CA in ``ca_dir``."""
+    from certs.ca import CaIndex  # imported here so the CLI starts without reading CA code
+
+    index = CaIndex.load(ca_dir)
+    return index.status, index.issuer_certificate
+
+
+@click.group()
+def ocsp() -> None:
+    """OCSP (RFC 6960) responder for a Jisr CA."""
+
+
+@ocsp.command("serve")
+@click.option(
+    "--ca-dir",
+    required=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="CA directory whose index gives certificate status.",
+)
+@click.option(
+    "--cert",
+    "cert_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="OCSP responder certificate (PEM), issued by the CA with EKU OCSPSigning.",
+)
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The responder certificate's private key (PEM, PKCS#8).",
+)
+@click.option(
+    "--key-passphrase-env",
+    metavar="VAR",
+    help="Name of the environment variable holding the key's passphrase, if it is encrypted.",
+)
+@click.option(
+    "--issuer",
+    "issuer_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Issuing CA certificate (PEM); default: the issuing certificate in --ca-dir.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0: any free port."
+)
+@click.option(
+    "--validity",
+    "validity_s",
+    default=int(DEFAULT_VALIDITY.total_seconds()),
+    show_default=True,
+    type=click.IntRange(60, 7 * 24 * 3600),
+    help="Seconds from thisUpdate to nextUpdate in each response.",
+)
+def serve(
+    ca_dir: Path,
+    cert_path: Path,
+    key_path: Path,
+    key_passphrase_env: str | None,
+    issuer_path: Path | None,
+    host: str,
+    port: int,
+    validity_s: int,
+) -> None:
+    """Answer OCSP requests (POST / and GET /<base64>) until interrupted."""
+    passphrase: bytes | None = None
+    if key_passphrase_env:
+        value = os.environ.get(key_passphrase_env)
+        if value is None:
+            raise ConfigError(
+                f"environment variable {key_passphrase_env} is not set; export the responder "
+                "key's passphrase in it"
+            )
+        passphrase = value.encode()
+    lookup, index_issuer = _ca_index(ca_dir)
+    responder = load_responder(
+        cert_path=cert_path,
+        key_path=key_path,
+        issuer=load_certificate(issuer_path, "issuing CA") if issuer_path else index_issuer,
+        lookup=lookup,
+        passphrase=passphrase,
+        validity=dt.timedelta(seconds=validity_s),
+    )
+    asyncio.run(_serve_until_signalled(responder, host, port))
+
+
+async def _serve_until_signalled(responder: OcspResponder, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # not available on every platform
+            loop.add_signal_handler(signum, stop.set)
+
+    def ready(url: str) -> None:
+        click.echo(f"OCSP responder listening on {url}", nl=True)
+        _log.info("ocsp_responder_started", url=url)
+
+    await run_responder(responder, host, port, stop=stop, ready=ready)
+    _log.info("ocsp_responder_stopped")
