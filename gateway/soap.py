@@ -157,7 +157,8 @@ class SoapMessage:
 
     @property
     def is_multipart(self) -> bool:
-        return self.raw is not self.soap_bytes
+        """Whether the message came as ``multipart/related`` (attachments or MTOM)."""
+        return parse_content_type(self.content_type)[0] == "multipart/related"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
