@@ -160,6 +160,9 @@ class _CachedAnswer:
 class OcspResponder:
     """Answers OCSP requests about the certificates of one issuing CA.
 
+    ``on_lookup_error`` is told about a failing status lookup (the answer is then
+    ``internalError``), so that the process serving the responder can log it.
+
     Answers without a nonce are the same for every asker, so they are kept for
     ``reuse_for`` per (hash algorithm, serial) and served again: under load the responder
     signs once per certificate per interval instead of once per request.
@@ -174,6 +177,7 @@ class OcspResponder:
         *,
         reuse_for: dt.timedelta = dt.timedelta(seconds=30),
         max_cached: int = 10_000,
+        on_lookup_error: Callable[[int, Exception], None] | None = None,
     ) -> None:
         if isinstance(responder_signer, tuple):
             cert, key = responder_signer
@@ -195,6 +199,7 @@ class OcspResponder:
         self._issuer = issuer_cert
         self._signer = responder_signer
         self._lookup = lookup
+        self._on_lookup_error = on_lookup_error
         self._validity = validity
         self._reuse_for = min(reuse_for, validity / 10)
         self._max_cached = max_cached
@@ -243,7 +248,9 @@ class OcspResponder:
                 return cached.response_der
         try:
             status = self._lookup(serial)
-        except Exception:  # a broken lookup must become internalError, never crash the caller
+        except Exception as exc:  # a broken lookup must become internalError, never a crash
+            if self._on_lookup_error is not None:
+                self._on_lookup_error(serial, exc)
             return _unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
         response_der = self._signed_response(hash_name, serial, status, nonce, now)
         if nonce is None:
@@ -427,6 +434,7 @@ def _responder_of(
         return issuer
     for candidate in trusted:
         if matches(candidate):
+            _check_responder_validity(candidate, now)
             return candidate
     for candidate in response.certificates:
         if not matches(candidate):
@@ -441,13 +449,20 @@ def _responder_of(
                 "the OCSP response is signed by a certificate without the OCSPSigning extended "
                 "key usage; the responder must use a delegated OCSP signing certificate"
             )
-        if not candidate.not_valid_before_utc <= now <= candidate.not_valid_after_utc:
-            raise OcspError("the OCSP responder certificate is expired or not yet valid")
+        _check_responder_validity(candidate, now)
         return candidate
     raise OcspError(
         "the OCSP response is signed by an unknown responder; it names no certificate issued "
         "by the CA with OCSPSigning"
     )
+
+
+def _check_responder_validity(cert: x509.Certificate, now: dt.datetime) -> None:
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise OcspError(
+            f"the OCSP responder certificate {cert.subject.rfc4514_string()} is expired or not "
+            "yet valid; the responder needs a current certificate"
+        )
 
 
 def _check_signature(response: ocsp.OCSPResponse, signer: x509.Certificate) -> None:

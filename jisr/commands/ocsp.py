@@ -96,7 +96,17 @@ def load_responder(
     """An :class:`OcspResponder` from files, checking that key and certificates belong together."""
     cert = load_certificate(cert_path, "OCSP responder")
     key = _load_key(key_path, passphrase)
-    return OcspResponder(issuer, SoftwareSigner(key, cert), lookup, validity=validity)
+    return OcspResponder(
+        issuer,
+        SoftwareSigner(key, cert),
+        lookup,
+        validity=validity,
+        on_lookup_error=_log_lookup_error,
+    )
+
+
+def _log_lookup_error(serial: int, exc: Exception) -> None:
+    _log.error("ocsp_status_lookup_failed", serial=f"{serial:x}", error=str(exc))
 
 
 async def run_responder(

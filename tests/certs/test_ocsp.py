@@ -165,8 +165,15 @@ def test_answers_internal_error_when_lookup_fails(
     def broken(serial: int) -> CertStatus:
         raise RuntimeError("index unreadable")
 
-    responder = OcspResponder(pki.root.cert, (responder_cert.cert, responder_cert.key), broken)
+    seen: list[tuple[int, str]] = []
+    responder = OcspResponder(
+        pki.root.cert,
+        (responder_cert.cert, responder_cert.key),
+        broken,
+        on_lookup_error=lambda serial, exc: seen.append((serial, str(exc))),
+    )
     der = responder.respond(build_request(good.cert, pki.root.cert, nonce=False), now=NOW)
+    assert seen == [(good.cert.serial_number, "index unreadable")]
     assert (
         ocsp.load_der_ocsp_response(der).response_status == ocsp.OCSPResponseStatus.INTERNAL_ERROR
     )
@@ -291,6 +298,17 @@ def test_client_accepts_explicitly_trusted_responder(pki: FixturePki, good: Issu
         now=NOW,
     )
     assert verdict.status.state == "good"
+
+
+def test_client_refuses_expired_responder_certificate(pki: FixturePki, good: Issued) -> None:
+    old = pki.issue(
+        "Old responder",
+        eku=[ExtendedKeyUsageOID.OCSP_SIGNING],
+        not_before=NOW - dt.timedelta(days=30),
+        days=10,
+    )
+    with pytest.raises(OcspError, match="expired or not yet valid"):
+        _verify(_forged_response(pki, old, good), good, pki)
 
 
 def test_client_accepts_response_signed_by_the_issuer_itself(pki: FixturePki, good: Issued) -> None:
