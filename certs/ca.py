@@ -50,7 +50,15 @@ from certs.profiles import (
 )
 from certs.status import CertStatus
 
-__all__ = ["MAX_CSR_BYTES", "CaIndex", "CertificateAuthority", "IssuedRecord", "load_csr"]
+__all__ = [
+    "MAX_CSR_BYTES",
+    "REASONS",
+    "CaIndex",
+    "CertificateAuthority",
+    "IssuedKey",
+    "IssuedRecord",
+    "load_csr",
+]
 
 #: A CSR is a key and a few names; anything larger is refused before parsing.
 MAX_CSR_BYTES = 64 * 1024
