@@ -154,10 +154,10 @@ async def _handle_post(request: web.Request) -> web.Response:
         serial = app[_SERIALS].next()
         reply = app[_AUTHORITY].respond(body, now=app[_CLOCK](), serial=serial)
     except (TimestampError, ConfigError) as exc:
-        _log.error("tsa.failed", remote=request.remote, error=str(exc))
+        _log.error("tsa_failed", remote=request.remote, error=str(exc))
         reply = rejection("system_failure", "the TSA cannot issue tokens now; try again later")
     else:
-        _log.debug("tsa.answered", remote=request.remote, serial=serial, size=len(body))
+        _log.debug("tsa_answered", remote=request.remote, serial=serial, size=len(body))
     return web.Response(body=reply, content_type=CONTENT_TYPE_REPLY)
 
 

@@ -55,7 +55,8 @@ def _refusal(authority: TimestampAuthority, request_der: bytes) -> TimestampReje
     return caught.value
 
 
-def _same_tsa_with_key(pki: FixturePki, template: Issued, key: PrivateKey) -> Issued:
+def same_tsa_with_key(pki: FixturePki, template: Issued, key: PrivateKey) -> Issued:
+    """A TSA certificate like ``template`` for another key (the factory makes EC keys only)."""
     builder = (
         x509.CertificateBuilder()
         .subject_name(template.cert.subject)
@@ -107,7 +108,7 @@ def test_accepts_sha2_imprints(
 
 
 def test_signs_with_an_rsa_key(pki: FixturePki) -> None:
-    rsa_tsa = _same_tsa_with_key(pki, pki.tsa(), new_key("rsa"))
+    rsa_tsa = same_tsa_with_key(pki, pki.tsa(), new_key("rsa"))
     authority = TimestampAuthority(rsa_tsa.cert, rsa_tsa.key, policy_oid=POLICY)
     token = _token(authority, serial=3)
     assert verify_token(token, data=DATA, tsa_certs=[rsa_tsa.cert], at=NOW).serial == 3
@@ -296,7 +297,7 @@ def test_refuses_token_from_another_tsa(authority: TimestampAuthority) -> None:
 def test_refuses_token_signed_by_another_key_under_the_same_name(
     pki: FixturePki, tsa_issued: Issued
 ) -> None:
-    impostor = _same_tsa_with_key(pki, tsa_issued, new_key())
+    impostor = same_tsa_with_key(pki, tsa_issued, new_key())
     forged = TimestampAuthority(impostor.cert, impostor.key, policy_oid=POLICY)
     token = _token(forged)
     with pytest.raises(TimestampError, match="not trusted"):
