@@ -26,6 +26,10 @@ SOAP_ENV_NS: Final = "http://schemas.xmlsoap.org/soap/envelope/"
 #: The SOAP 1.2 envelope namespace, recognised only to refuse it with a clear message.
 SOAP12_ENV_NS: Final = "http://www.w3.org/2003/05/soap-envelope"
 
+#: SOAP 1.1's HTTP binding sends every Fault with status 500, whoever is at fault; the
+#: ``http_status`` of a FaultError (400 for ``Client.*``) is for REST answers only.
+SOAP_FAULT_HTTP_STATUS: Final = 500
+
 #: Faults are small; a larger "fault" is not one worth reading.
 MAX_FAULT_BYTES: Final = 1024 * 1024
 
