@@ -279,9 +279,12 @@ class OcspRefresher:
     async def run(self) -> None:
         """Refresh forever; returns only when cancelled."""
         while True:
-            await self.refresh_due()
-            delay = (self.next_wakeup() - self._clock()).total_seconds()
             self._wake.clear()
+            try:
+                await self.refresh_due()
+            except Exception:  # a defect must not silently end the node's OCSP refreshing
+                _log.exception("ocsp_refresher_pass_failed")
+            delay = (self.next_wakeup() - self._clock()).total_seconds()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.0))
 
