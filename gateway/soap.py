@@ -28,13 +28,14 @@ import binascii
 import copy
 import dataclasses
 import hashlib
+import hmac
 from collections.abc import Callable
 from typing import Final
 from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
-from gateway.faults import CLIENT, SERVER_PROXY, FaultError, client_fault
+from gateway.faults import CLIENT, CLIENT_PROXY, SERVER_PROXY, FaultError, client_fault
 from gateway.identifiers import (
     ID_NS,
     XROAD_NS,
@@ -82,6 +83,7 @@ __all__ = [
     "parse_soap_request",
     "parse_soap_response",
     "soap_fault",
+    "verify_request_hash",
 ]
 
 PROTOCOL_VERSION: Final = "4.0"
@@ -548,6 +550,34 @@ def compute_request_hash(soap_bytes: bytes, algorithm: str = SHA512_ALGORITHM_ID
     if digest is None:
         raise ValueError(f"unsupported requestHash algorithm {algorithm!r}")
     return RequestHash(base64.b64encode(digest(soap_bytes).digest()).decode("ascii"), algorithm)
+
+
+def verify_request_hash(
+    request: SoapMessage, response: SoapMessage, *, prefix: str = CLIENT_PROXY
+) -> None:
+    """Refuse a response whose ``requestHash`` is not the hash of ``request`` as it was sent.
+
+    Used by the consumer's node: it proves the provider's node answered this very request.
+    """
+    found = response.request_hash
+    if found is None:
+        raise FaultError(
+            f"{prefix}.InconsistentResponse",
+            "the response has no xrd:requestHash; the provider's node must add one",
+        )
+    if found.algorithm not in HASH_ALGORITHMS:
+        raise FaultError(
+            f"{prefix}.InconsistentResponse",
+            f"the response's xrd:requestHash uses algorithm {found.algorithm!r}; expected "
+            f"{SHA512_ALGORITHM_ID}",
+        )
+    expected = compute_request_hash(request.soap_bytes, found.algorithm)
+    if not hmac.compare_digest(expected.value, found.value):
+        raise FaultError(
+            f"{prefix}.InconsistentResponse",
+            "the response's xrd:requestHash does not match the request that was sent; the "
+            "response answers another request",
+        )
 
 
 def _tag_end(doc: bytes, start: int) -> int:

@@ -31,6 +31,7 @@ from gateway.soap import (
     parse_soap_request,
     parse_soap_response,
     soap_fault,
+    verify_request_hash,
 )
 
 LIMIT = 1024 * 1024
@@ -508,3 +509,24 @@ def test_build_request_refuses_body_not_named_after_service() -> None:
     service = ServiceId("IQ", "GOV", "NDC", "population", "getCitizen")
     with pytest.raises(ValueError, match="service code"):
         build_request(MemberId("IQ", "GOV", "NPA"), service, id="1", body_element_xml="<other/>")
+
+
+def test_consumer_accepts_response_hashing_its_request_and_refuses_others() -> None:
+    sent = envelope()
+    request = parse_soap_request(sent, TEXT_XML, max_bytes=LIMIT)
+    hashed = add_request_hash(response_envelope(), compute_request_hash(sent).value)
+    response = parse_soap_response(hashed, TEXT_XML, max_bytes=LIMIT)
+    assert isinstance(response, SoapMessage)
+    verify_request_hash(request, response)
+
+    other = parse_soap_request(
+        sent.replace(b"199012345678", b"199012345679"), TEXT_XML, max_bytes=LIMIT
+    )
+    with pytest.raises(FaultError, match="does not match") as info:
+        verify_request_hash(other, response)
+    assert info.value.fault_code == "Server.ClientProxy.InconsistentResponse"
+
+    unhashed = parse_soap_response(response_envelope(), TEXT_XML, max_bytes=LIMIT)
+    assert isinstance(unhashed, SoapMessage)
+    with pytest.raises(FaultError, match="no xrd:requestHash"):
+        verify_request_hash(request, unhashed)
