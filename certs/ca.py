@@ -431,13 +431,13 @@ class CertificateAuthority:
             cn = common_name or requested_cn or ""
             if not cn:
                 raise CsrError(f"a {profile.title} certificate needs a common name")
-        attrs = [x509.NameAttribute(NameOID.COUNTRY_NAME, country)]
-        if organization:
-            attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
-        if serial_number:
-            attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
         try:
+            attrs = [x509.NameAttribute(NameOID.COUNTRY_NAME, country)]
+            if organization:
+                attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+            attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+            if serial_number:
+                attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
             return x509.Name(attrs)
         except ValueError as exc:
             raise CsrError(f"cannot use the requested subject: {exc}") from exc
@@ -557,8 +557,13 @@ class CertificateAuthority:
         This is how the demo and an operator set up the CA's own services (OCSP responder,
         TSA) in one step; the key never leaves the key store unencrypted.
         """
+        if isinstance(profile, str):
+            profile = profile_named(profile)
+        requested_cn = server_id if profile.name == "auth" and server_id else common_name
+        if not requested_cn:
+            raise CsrError("give a common name (or a node id for an authentication key)")
         keystore.generate(label, key_passphrase, kind)
-        csr = keystore.make_csr(label, key_passphrase, common_name, serial_number=member_id)
+        csr = keystore.make_csr(label, key_passphrase, requested_cn, serial_number=member_id)
         cert = self.issue(
             csr,
             profile,
@@ -566,7 +571,7 @@ class CertificateAuthority:
             days=days,
             member_id=member_id,
             server_id=server_id,
-            common_name=common_name if server_id is None else None,
+            common_name=None if profile.name == "auth" else common_name,
             dns_names=dns_names,
             ip_addresses=ip_addresses,
         )

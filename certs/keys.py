@@ -89,13 +89,17 @@ def make_csr(
     """A PEM CSR for ``key``: ``serial_number`` carries a member id for signing certificates,
     ``dns_names``/``ip_addresses`` a node's TLS names for authentication certificates."""
     check_public_key(key.public_key())
-    attrs = [x509.NameAttribute(NameOID.COUNTRY_NAME, country)]
-    if organization:
-        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
-    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-    if serial_number:
-        attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
-    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(attrs))
+    try:
+        attrs = [x509.NameAttribute(NameOID.COUNTRY_NAME, country)]
+        if organization:
+            attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+        if serial_number:
+            attrs.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
+        subject = x509.Name(attrs)
+    except ValueError as exc:
+        raise CsrError(f"cannot make a CSR with this subject: {exc}") from exc
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
     names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
     for ip in ip_addresses:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certs.ca import CaIndex, CertificateAuthority
+from certs.cms import sign_detached
 from certs.errors import CaError, CsrError, WeakKeyError
 from certs.keys import generate_key, make_csr
 from certs.keystore import SoftwareKeyStore
@@ -199,3 +201,42 @@ def test_root_only_ca_signs_end_entities_with_the_root(tmp_path: Path) -> None:
     assert cert.issuer == ca.root_certificate.subject
     assert ca.intermediates == ()
     assert CaIndex.load(ca.directory).issuer_certificate == ca.root_certificate
+
+
+@pytest.mark.openssl
+def test_openssl_accepts_issued_chains_and_signatures(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    store = SoftwareKeyStore(tmp_path / "keys")
+    auth = ca.issue_for_new_key(
+        "auth", "", keystore=store, label="auth", key_passphrase="k", now=NOW,
+        server_id="IQ/GOV/NDC/ss1", dns_names=["localhost"], ip_addresses=["127.0.0.1"],
+    )  # fmt: skip
+    sign = ca.issue_for_new_key(
+        "sign", "National Data Centre", keystore=store, label="sign", key_passphrase="k",
+        now=NOW, member_id="IQ/GOV/NDC",
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    (tmp_path / "root.pem").write_bytes(ca.root_certificate.public_bytes(pem))
+    (tmp_path / "issuing.pem").write_bytes(ca.issuer_certificate.public_bytes(pem))
+    (tmp_path / "auth.pem").write_bytes(auth.certificate.public_bytes(pem))
+    attime = str(int(NOW.timestamp()) + 60)
+    for purpose in ("sslserver", "sslclient"):
+        result = subprocess.run(
+            ["openssl", "verify", "-attime", attime, "-purpose", purpose,
+             "-CAfile", str(tmp_path / "root.pem"), "-untrusted", str(tmp_path / "issuing.pem"),
+             str(tmp_path / "auth.pem")],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
+
+    signer = store.signer("sign", "k", sign.certificate, sign.chain)
+    (tmp_path / "data.bin").write_bytes(b"payload")
+    (tmp_path / "sig.der").write_bytes(sign_detached(b"payload", signer, signing_time=NOW))
+    result = subprocess.run(
+        ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", str(tmp_path / "sig.der"),
+         "-content", str(tmp_path / "data.bin"), "-CAfile", str(tmp_path / "root.pem"),
+         "-purpose", "any", "-attime", attime, "-out", str(tmp_path / "out.bin")],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
