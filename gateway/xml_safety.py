@@ -26,6 +26,9 @@ from lxml import etree
 from gateway.faults import FaultError, client_fault
 
 UTF8_BOM: Final = b"\xef\xbb\xbf"
+#: libxml2's limits without ``huge_tree``; quoted in fault messages.
+MAX_DEPTH: Final = 256
+MAX_TEXT_BYTES: Final = 10_000_000
 
 #: Byte order marks of encodings X-Road does not allow (UTF-32 first: it starts like UTF-16).
 _FOREIGN_BOMS: Final = (
@@ -148,7 +151,16 @@ def parse_xml(
     try:
         root = etree.fromstring(body, parser=_parser())
     except etree.XMLSyntaxError as exc:
-        raise client_fault(malformed, f"the {what} is not well-formed XML: {exc}") from exc
+        reason = str(exc)
+        if "XML_PARSE_HUGE" in reason:
+            # libxml2's safety limits, not a syntax error: say which limit, not how to lift it.
+            raise client_fault(
+                "InvalidXml",
+                f"the {what} exceeds the XML parser's safety limits (elements nested more than "
+                f"{MAX_DEPTH} deep, or one text node over {MAX_TEXT_BYTES} bytes): "
+                f"{reason.split(',')[0]}; send large binary content as an attachment",
+            ) from exc
+        raise client_fault(malformed, f"the {what} is not well-formed XML: {reason}") from exc
     except ValueError as exc:  # lxml refuses some inputs (e.g. unsupported encodings) this way
         raise client_fault(malformed, f"the {what} cannot be parsed as XML: {exc}") from exc
     if root is None:  # pragma: no cover - lxml raises instead for empty documents

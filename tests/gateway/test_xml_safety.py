@@ -109,3 +109,17 @@ def test_refuses_invalid_utf8_bytes() -> None:
     with pytest.raises(FaultError) as info:
         parse_xml(b"<a>\xff\xfe\xfd</a>", max_bytes=LIMIT)
     assert info.value.fault_code == "Client.InvalidXml"
+
+
+def test_refuses_nesting_beyond_the_parsers_depth_limit() -> None:
+    with pytest.raises(FaultError, match="nested more than 256") as info:
+        parse_xml(b"<a>" * 1000 + b"</a>" * 1000, max_bytes=LIMIT)
+    assert info.value.fault_code == "Client.InvalidXml"
+    assert "XML_PARSE_HUGE" not in info.value.message
+
+
+def test_refuses_text_node_over_the_parsers_limit_even_under_max_bytes() -> None:
+    data = b"<a>" + b"x" * 10_000_001 + b"</a>"
+    with pytest.raises(FaultError, match="as an attachment") as info:
+        parse_xml(data, max_bytes=len(data))
+    assert info.value.fault_code == "Client.InvalidXml"
