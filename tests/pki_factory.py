@@ -145,9 +145,7 @@ class FixturePki:
                 critical=True,
             )
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self.root.key.public_key()  # type: ignore[arg-type]
-                ),
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.root.key.public_key()),
                 False,
             )
         )
