@@ -157,11 +157,6 @@ def _seq(*parts: bytes) -> bytes:
     return _tlv(0x30, b"".join(parts))
 
 
-def _set_of(parts: Sequence[bytes]) -> bytes:
-    # DER orders the members of a SET OF by their encodings.
-    return _tlv(0x31, b"".join(sorted(parts)))
-
-
 _INT_1: Final = asn1_core.Integer(1).dump()
 _INT_3: Final = asn1_core.Integer(3).dump()
 _GRANTED_STATUS: Final = asn1_tsp.PKIStatusInfo({"status": "granted"}).dump()
@@ -409,7 +404,8 @@ def _require_timestamping_eku(cert: x509.Certificate) -> None:
 
 
 def new_nonce() -> int:
-    """A fresh 64-bit nonce, so a replayed old response cannot answer a new request."""
+    """A fresh random 63-bit nonce (eight bytes in DER), so a replayed old reply cannot answer
+    a new request."""
     return secrets.randbits(63) | 1 << 62
 
 
