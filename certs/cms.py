@@ -223,6 +223,12 @@ class _Parsed:
     signed_attrs_der: bytes
 
 
+@functools.lru_cache(maxsize=512)
+def _load_certificate(der: bytes) -> x509.Certificate:
+    """Certificates repeat in every signature of a signer; parse each one once."""
+    return x509.load_der_x509_certificate(der)
+
+
 def _malformed(what: str) -> MalformedSignatureError:
     return MalformedSignatureError(
         f"malformed signature: {what}; expected a detached CMS SignedData (DER) as made by "
@@ -263,7 +269,7 @@ def _parse(signature: bytes) -> _Parsed:
         if not isinstance(raw_certs, asn1_core.Void):
             for choice in raw_certs:
                 if choice.name == "certificate":
-                    certificates.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+                    certificates.append(_load_certificate(choice.chosen.dump()))
         # The signature covers the attributes as a SET (0x31), not under their [0] tag.
         signed_attrs_der = b"\x31" + signed_attrs.dump()[1:]
     except MalformedSignatureError:
@@ -335,6 +341,19 @@ def _check_signature_value(parsed: _Parsed, signer: x509.Certificate) -> None:
         ) from exc
 
 
+def _names_issuer(general_names: list[asn1_x509.GeneralName], cert: x509.Certificate) -> bool:
+    """Whether one of ``general_names`` is the certificate's issuer.
+
+    Byte equality first (what Jisr and OpenSSL write); RFC 5280 name comparison, which is
+    slow, only when the bytes differ.
+    """
+    issuer = asn1_x509.Name.load(cert.issuer.public_bytes())
+    wanted = asn1_x509.GeneralName(name="directory_name", value=issuer).dump()
+    if any(g.dump() == wanted for g in general_names):
+        return True
+    return any(g.chosen == issuer for g in general_names)
+
+
 def _check_signing_certificate(parsed: _Parsed, signer: x509.Certificate) -> None:
     value = _single(parsed, _OID_SIGNING_CERTIFICATE_V2, "signingCertificateV2")
     if value is None:
@@ -347,7 +366,7 @@ def _check_signing_certificate(parsed: _Parsed, signer: x509.Certificate) -> Non
         has_issuer_serial = not isinstance(issuer_serial, asn1_core.Void)
         if has_issuer_serial:
             serial = issuer_serial["serial_number"].native
-            issuers = [g.chosen for g in issuer_serial["issuer"] if g.name == "directory_name"]
+            issuers = [g for g in issuer_serial["issuer"] if g.name == "directory_name"]
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise _malformed(f"signingCertificateV2: {exc}") from exc
     if hash_alg != _OID_SHA256:
@@ -358,10 +377,7 @@ def _check_signing_certificate(parsed: _Parsed, signer: x509.Certificate) -> Non
             "signingCertificateV2 names another certificate than the one the signature "
             "identifies as signer"
         )
-    if has_issuer_serial and (
-        serial != signer.serial_number
-        or asn1_x509.Name.load(signer.issuer.public_bytes()) not in issuers
-    ):
+    if has_issuer_serial and (serial != signer.serial_number or not _names_issuer(issuers, signer)):
         raise SignatureError(
             "signingCertificateV2 issuer and serial do not match the signer certificate"
         )
