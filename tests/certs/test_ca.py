@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certs.ca import CaIndex, CertificateAuthority
-from certs.cms import sign_detached
+from certs.cms import sign_detached, verify_detached
 from certs.errors import CaError, CsrError, WeakKeyError
 from certs.keys import generate_key, make_csr
 from certs.keystore import SoftwareKeyStore
@@ -240,3 +240,34 @@ def test_openssl_accepts_issued_chains_and_signatures(
         capture_output=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_rsa_ca_issues_certificates_that_validate_and_sign(tmp_path: Path) -> None:
+    ca = CertificateAuthority.init(
+        tmp_path / "ca", name="RSA", passphrase=PASS, intermediate=True, now=NOW, kind="rsa"
+    )
+    store = SoftwareKeyStore(tmp_path / "keys")
+    issued = ca.issue_for_new_key(
+        "sign", "NDC", keystore=store, label="s", key_passphrase="k", now=NOW,
+        member_id="IQ/GOV/NDC", kind="rsa",
+    )  # fmt: skip
+    signer = store.signer("s", "k", issued.certificate, issued.chain)
+    verified = verify_detached(sign_detached(b"d", signer, signing_time=NOW), b"d")
+    chain = validate_path(
+        verified.signer,
+        intermediates=verified.certificates[1:],
+        roots=[ca.root_certificate],
+        at=NOW,
+        profile="sign",
+    )
+    assert chain[-1] == ca.root_certificate
+
+
+def test_index_reader_reports_missing_or_damaged_index(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    with pytest.raises(CaError, match="is missing"):
+        CaIndex.load(tmp_path / "nothing")
+    (ca.directory / "index.json").write_text("{not json")
+    with pytest.raises(CaError, match="damaged"):
+        CaIndex.load(ca.directory)
