@@ -32,6 +32,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import re
 import urllib.parse
@@ -53,6 +54,7 @@ from gateway.identifiers import (
     check_part,
     parse_client,
 )
+from gateway.transport import RequestPart, body_digest
 
 PROTOCOL_PREFIX: Final = "/r1/"
 LIST_CLIENTS_PATH: Final = "/listClients"
@@ -420,6 +422,38 @@ def _parse_list_clients(
         except IdentifierError as exc:
             raise client_fault("BadRequest", exc.message) from exc
     return ListClientsRequest(instance, _accepts_json(pairs))
+
+
+def signed_request_part(
+    request: RestRequest, *, body: bytes, created_at: dt.datetime
+) -> RequestPart:
+    """The transport's signed part for this call (docs/transport-v1.md §5.1)."""
+    return RequestPart(
+        protocol="REST",
+        message_id=request.message_id,
+        client=request.client,
+        service=request.service,
+        method=request.method,
+        path=request.path,
+        query=request.query,
+        headers=request.headers,
+        body_sha256=body_digest(body),
+        created_at=created_at,
+        user_id=request.user_id,
+        issue=request.issue,
+        represented_party=request.represented_party,
+        target_server=request.security_server,
+    )
+
+
+def provider_url(base_url: str, path: str, query: str | None) -> str:
+    """The URL the provider node calls: the service's configured URL plus the rest path and query.
+
+    ``path`` and ``query`` come from a verified signed part, so they are already percent-encoded
+    and free of dot segments; they are appended as they are, never re-encoded.
+    """
+    target = base_url.rstrip("/") + path if path else base_url
+    return target if query is None else f"{target}?{query}"
 
 
 # --- building paths (for REST clients such as the adapter kit) ---------------------------------

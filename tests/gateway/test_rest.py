@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import uuid
 
@@ -17,13 +19,17 @@ from gateway.rest import (
     encode_method_list,
     forwardable_headers,
     parse_rest_request,
+    provider_url,
     response_headers,
     rest_error,
     rest_path,
+    signed_request_part,
 )
+from gateway.transport import parse_signed_part
 
 CLIENT_HEADER = ("X-Road-Client", "IQ/GOV/HJC/inheritance")
 CITIZEN = "/r1/IQ/GOV/NDC/population/getCitizen"
+NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 
 
 def parse(
@@ -342,3 +348,26 @@ def test_rest_path_round_trips_through_the_parser() -> None:
     assert parse(target).service == service
     with pytest.raises(ValueError, match="subsystem"):
         rest_path(ServiceId("IQ", "GOV", "NDC", None, "x"))
+
+
+def test_signed_request_part_carries_everything_the_provider_acts_on() -> None:
+    request = parse(
+        CITIZEN + "/citizens/123?lang=ar",
+        [("X-Road-Id", "m-1"), ("X-Road-UserId", "IQ1"), ("Accept", "application/json")],
+        method="POST",
+    )
+    part = signed_request_part(request, body=b"{}", created_at=NOW)
+    assert parse_signed_part(part.to_bytes()) == part
+    assert (part.method, part.path, part.query) == ("POST", "/citizens/123", "lang=ar")
+    assert part.headers == (("Accept", "application/json"),)
+    assert part.message_id == "m-1"
+    assert part.user_id == "IQ1"
+    assert part.body_sha256 == hashlib.sha256(b"{}").hexdigest()
+
+
+def test_provider_url_appends_path_and_query_unchanged() -> None:
+    assert provider_url("https://ndc.local/api/", "/citizens/a%2Fb", "x=1") == (
+        "https://ndc.local/api/citizens/a%2Fb?x=1"
+    )
+    assert provider_url("https://ndc.local/api", "", None) == "https://ndc.local/api"
+    assert provider_url("https://ndc.local/api", "", "") == "https://ndc.local/api?"
