@@ -764,10 +764,10 @@ def verify_message(
     now: dt.datetime,
     prefix: str = SERVER_PROXY,
 ) -> VerifiedMessage:
-    """Check body digest, proof and batch signature of a decoded message (§9 steps 9-12).
+    """Check body digest, proof, batch signature and OCSP presence (§9 rows 9-13).
 
-    Also refuses an empty OCSP section (``CertValidation``), so a caller cannot skip it by
-    accident. Certificate path, OCSP contents and the signer's member are the caller's checks.
+    Certificate path, validity, OCSP contents and the signer's member (rows 14-17) are the
+    caller's checks, with the returned certificates and OCSP bytes.
     """
     part = msg.signed_part
     if body_digest(msg.body) != part.body_sha256:

@@ -404,6 +404,16 @@ def test_replay_window_must_cover_twice_the_skew() -> None:
 # --- interoperability --------------------------------------------------------------------------
 
 
+def test_the_documented_example_signed_part_is_canonical() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    section = text[text.index("### 5.5") :]
+    example = re.search(r"```json\n(.*?)```", section, re.DOTALL)
+    assert example is not None
+    documented = re.sub(r"\s+", "", example.group(1)).encode()
+    assert parse_signed_part(documented) == request()
+    assert documented == request().to_bytes()
+
+
 def test_root_content_is_the_documented_ascii_json() -> None:
     content = root_content(b"\xab" * 32, 5)
     assert content == (
@@ -455,6 +465,22 @@ def test_openssl_verifies_a_batch_signature_over_the_root(member: Member, tmp_pa
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Verification successful" in result.stderr
+    certs = subprocess.run(
+        ["openssl", "pkcs7", "-inform", "DER", "-in", "signature.der", "-print_certs"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "IQ/GOV/HJC signing" in certs.stdout
+    ocsp_text = subprocess.run(
+        ["openssl", "ocsp", "-respin", "ocsp.der", "-resp_text", "-noverify"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Cert Status: good" in ocsp_text.stdout
     (tmp_path / "root.bin").write_bytes(root_content(b"\x00" * 32, 5))
     result = subprocess.run(
         [
