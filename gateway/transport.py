@@ -694,6 +694,11 @@ class BatchSigner:
         return [Sealed(p, proof, signature) for p, proof in zip(batch, proofs, strict=True)]
 
 
+def encode_sealed(sealed: Sealed, body: bytes, ocsp: bytes) -> tuple[str, bytes]:
+    """Frame a message signed by :class:`BatchSigner` or :func:`sign_one`."""
+    return encode_message(sealed.signed_part, body, sealed.proof, sealed.signature, ocsp)
+
+
 def sign_one(
     signed_part: SignedPart, signer: Signer, *, now: dt.datetime, prefix: str = CLIENT_PROXY
 ) -> Sealed:

@@ -34,6 +34,7 @@ from gateway.transport import (
     decode_message,
     encode_message,
     encode_proof,
+    encode_sealed,
     parse_signed_part,
     request_hash,
     root_content,
@@ -501,3 +502,48 @@ def test_transport_message_keeps_bytes_as_received(member: Member) -> None:
     msg = decode_message(CONTENT_TYPE, data)
     assert isinstance(msg, TransportMessage)
     assert msg.signed_part_bytes == sections(data)[0]
+
+
+def test_a_whole_exchange_between_two_members(member: Member) -> None:
+    """Consumer signs a request, provider verifies and answers, consumer checks the answer."""
+    provider_pki = member.pki
+    provider = provider_pki.signing("IQ/GOV/NDC")
+    provider_signer = SoftwareSigner(provider.key, provider.cert)
+    guard = ReplayGuard()
+    provider_cache = VerifiedSignatureCache()
+    consumer_cache = VerifiedSignatureCache()
+
+    body = b'{"national_id": "123"}'
+    req = request(body, method="POST")
+    _, wire = encode_sealed(sign_one(req, member.signer, now=NOW), body, member.ocsp)
+
+    received = decode_message(CONTENT_TYPE, wire)
+    verified = verify_message(received, verified_cache=provider_cache, now=NOW)
+    assert verified.signer == member.signer.certificate
+    incoming = verified.signed_part
+    assert isinstance(incoming, RequestPart)
+    guard.check_and_remember(incoming.client, incoming.message_id, incoming.created_at, NOW)
+
+    answer = b'{"name": "Ali"}'
+    resp = ResponsePart.answering(
+        incoming,
+        status=200,
+        headers=[("Content-Type", "application/json")],
+        body=answer,
+        created_at=NOW,
+    )
+    _, reply = encode_sealed(sign_one(resp, provider_signer, now=NOW), answer, b"ocsp")
+
+    got = decode_message(CONTENT_TYPE, reply, prefix=CLIENT_PROXY)
+    checked = verify_message(got, verified_cache=consumer_cache, now=NOW, prefix=CLIENT_PROXY)
+    assert checked.signer == provider.cert
+    assert check_response(req, checked.signed_part).status == 200
+    assert got.body == answer
+
+    replay = decode_message(CONTENT_TYPE, wire)
+    assert verify_message(replay, verified_cache=provider_cache, now=NOW).from_cache
+    later = NOW + dt.timedelta(seconds=5)
+    assert (
+        fault_of(lambda: guard.check_and_remember(CLIENT, req.message_id, req.created_at, later))
+        == "Server.ServerProxy.DuplicateMessageId"
+    )
