@@ -580,11 +580,13 @@ def decode_message(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     prefix: str = SERVER_PROXY,
+    kind: Literal["request", "response"] | None = None,
 ) -> TransportMessage:
     """Split and check a received message (§4, §5); signatures are checked by verify_message.
 
     Faults: ``InvalidContentType``, ``RequestTooLarge`` (``InvalidResponse`` for responses),
-    ``InvalidMessage``, ``InvalidProtocolVersion``.
+    ``InvalidMessage`` (also when ``kind`` is given and the message is of the other kind),
+    ``InvalidProtocolVersion``.
     """
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type != CONTENT_TYPE:
@@ -630,6 +632,8 @@ def decode_message(
         raise _fault(prefix, "InvalidMessage", f"{len(data) - pos} bytes follow the last section")
     signed, body, proof, signature, ocsp = values
     part = parse_signed_part(signed, prefix=prefix)
+    if kind is not None and part.kind != kind:
+        raise _fault(prefix, "InvalidMessage", f"expected a {kind} but received a {part.kind}")
     return TransportMessage(part, signed, body, proof, signature, ocsp)
 
 

@@ -547,3 +547,12 @@ def test_a_whole_exchange_between_two_members(member: Member) -> None:
         fault_of(lambda: guard.check_and_remember(CLIENT, req.message_id, req.created_at, later))
         == "Server.ServerProxy.DuplicateMessageId"
     )
+
+
+def test_refuses_a_message_of_the_other_kind(member: Member) -> None:
+    resp = ResponsePart.answering(request(), status=200, headers=[], body=b"", created_at=NOW)
+    data = framed(member, resp)
+    assert fault_of(lambda: decode_message(CONTENT_TYPE, data, kind="request")) == (
+        "Server.ServerProxy.InvalidMessage"
+    )
+    assert decode_message(CONTENT_TYPE, data, kind="response").signed_part == resp
