@@ -188,19 +188,26 @@ class RegistryStore:
 
     @asynccontextmanager
     async def _write(
-        self, actor: str, action: str, details: dict[str, Any], *, changes_conf: bool = True
+        self,
+        actor: str,
+        action: str,
+        details: dict[str, Any],
+        *,
+        changes_conf: bool = True,
+        audited: bool = True,
     ) -> AsyncIterator[Connection]:
         """A transaction that ends with the audit row; duplicates and missing refs translated."""
         changed = False
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 yield conn
-                await conn.execute(
-                    "INSERT INTO audit_log (actor, action, details) VALUES ($1, $2, $3::jsonb)",
-                    actor,
-                    action,
-                    json.dumps(details, default=str),
-                )
+                if audited:
+                    await conn.execute(
+                        "INSERT INTO audit_log (actor, action, details) VALUES ($1, $2, $3::jsonb)",
+                        actor,
+                        action,
+                        json.dumps(details, default=str),
+                    )
                 if changes_conf:
                     await conn.execute("UPDATE instance SET change_serial = change_serial + 1")
                     changed = True
@@ -1017,8 +1024,10 @@ class RegistryStore:
     async def store_version(self, version: ConfVersion, listed_key_ids: Sequence[str]) -> None:
         """Store a signed version; refused if ``version`` is not exactly the next one."""
         details = {"version": version.version, "digest": version.digest}
+        # Not audited: a version every minute would drown the operators' actions; the
+        # globalconf_versions table is the record of what was published.
         async with self._write(
-            "publisher", "globalconf.publish", details, changes_conf=False
+            "publisher", "globalconf.publish", details, changes_conf=False, audited=False
         ) as conn:
             latest = await conn.fetchval("SELECT max(version) FROM globalconf_versions")
             expected = (latest or 0) + 1
