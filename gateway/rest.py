@@ -166,6 +166,10 @@ def _header_pairs(headers: HeaderSource) -> list[tuple[str, str]]:
             raise client_fault(
                 "BadRequest", f"header {name!r} has an invalid name or a value with CR, LF or NUL"
             )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise client_fault("BadRequest", f"header {name!r} is not valid text") from exc
     return pairs
 
 

@@ -64,7 +64,9 @@ DEFAULT_REPLAY_WINDOW: Final = dt.timedelta(seconds=600)
 _SECTION_NAMES: Final = ("signed part", "body", "proof", "signature", "ocsp")
 _HEADER_NAME_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE_BAD_RE: Final = re.compile(r"[\x00\r\n]")
-_CREATED_AT_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+_CREATED_AT_RE: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z"
+)
 _HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
 _METHOD_RE: Final = re.compile(r"[A-Z][A-Z0-9_-]{0,31}")
 _REQUEST_HASH_RE: Final = re.compile(r"[A-Za-z0-9+/]{86}==")

@@ -187,6 +187,7 @@ def test_accepts_a_mapping_of_headers() -> None:
         ("GET", "/other", [CLIENT_HEADER], "Client.BadRequest"),
         ("TRACE", CITIZEN, [CLIENT_HEADER], "Client.InvalidHttpMethod"),
         ("GET", CITIZEN, [CLIENT_HEADER, ("X-Bad", "a\r\nb")], "Client.BadRequest"),
+        ("GET", CITIZEN, [CLIENT_HEADER, ("X-Bad", "\udcff")], "Client.BadRequest"),
     ],
 )
 def test_refuses_bad_requests_with_their_fault_code(
