@@ -31,11 +31,14 @@ class EmbeddedPostgres:
         """Start (or join) the server and return the URL of its ``postgres`` database."""
         self.pgdata.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            # The unprivileged server user must be able to reach its directory.
-            for parent in [self.pgdata, *self.pgdata.parents]:
+            # The unprivileged server user must be able to reach its directory (search
+            # permission on every parent), while PostgreSQL insists the cluster itself is 0700.
+            for parent in self.pgdata.parents:
                 mode = parent.stat().st_mode
                 if not mode & 0o001:
                     parent.chmod(mode | 0o001)
+            if self.pgdata.stat().st_mode & 0o077:
+                self.pgdata.chmod(0o700)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

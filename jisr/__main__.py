@@ -1,0 +1,5 @@
+"""``python -m jisr`` is the ``jisr`` command."""
+
+from jisr.cli import main
+
+main()
