@@ -48,11 +48,11 @@ from gateway.identifiers import (
     ID_NS,
     XROAD_NS,
     ClientId,
+    MemberId,
     SecurityServerId,
     ServiceId,
     SubsystemId,
     check_part,
-    parse_client,
 )
 from gateway.transport import RequestPart, body_digest
 
@@ -230,7 +230,14 @@ def _parse_client_header(value: str | None) -> ClientId:
             "INSTANCE/CLASS/MEMBER[/SUBSYSTEM] naming the calling subsystem",
         )
     try:
-        return parse_client("/".join(_decode_identifier(value, HEADER_CLIENT)))
+        parts = _decode_identifier(value, HEADER_CLIENT)
+        if len(parts) == 3:
+            return MemberId(*parts)
+        if len(parts) == 4:
+            return SubsystemId(*parts)
+        raise IdentifierError(
+            f"it has {len(parts)} part(s); expected INSTANCE/CLASS/MEMBER[/SUBSYSTEM]"
+        )
     except IdentifierError as exc:
         raise client_fault(
             "InvalidClientIdentifier", f"{HEADER_CLIENT} {value!r} is invalid: {exc.message}"
@@ -243,7 +250,10 @@ def _parse_server_header(value: str | None) -> SecurityServerId | None:
     if value is None:
         return None
     try:
-        return SecurityServerId.parse("/".join(_decode_identifier(value, HEADER_SECURITY_SERVER)))
+        parts = _decode_identifier(value, HEADER_SECURITY_SERVER)
+        if len(parts) != 4:
+            raise IdentifierError(f"it has {len(parts)} part(s)")
+        return SecurityServerId(*parts)
     except (IdentifierError, FaultError) as exc:
         raise client_fault(
             "InvalidSecurityServer",

@@ -75,6 +75,12 @@ def test_decodes_each_identifier_part_separately() -> None:
     assert request.path == "/a%2Fb"  # the rest path is passed on still encoded
 
 
+def test_decodes_client_header_parts() -> None:
+    request = parse_rest_request("GET", CITIZEN, [("X-Road-Client", "IQ/GOV/H%4AC/inh%65ritance")])
+    assert isinstance(request, RestRequest)
+    assert request.client == SubsystemId("IQ", "GOV", "HJC", "inheritance")
+
+
 def test_a_member_client_is_accepted() -> None:
     request = parse_rest_request("GET", CITIZEN, [("x-road-client", "IQ/GOV/HJC")])
     assert isinstance(request, RestRequest)
@@ -156,6 +162,7 @@ def test_accepts_a_mapping_of_headers() -> None:
         ("GET", CITIZEN, [("X-Road-Client", "IQ/GOV")], "Client.InvalidClientIdentifier"),
         ("GET", CITIZEN, [("X-Road-Client", "IQ/GOV/H J")], "Client.InvalidClientIdentifier"),
         ("GET", CITIZEN, [("X-Road-Client", "IQ/GOV/%FF")], "Client.InvalidClientIdentifier"),
+        ("GET", CITIZEN, [("X-Road-Client", "IQ/GOV/HJC%2Fx")], "Client.InvalidClientIdentifier"),
         (
             "GET",
             CITIZEN,
