@@ -5,9 +5,10 @@ Rules:
 - A provider's node forwards the consumer's SOAP request unchanged; the provider answers with
   an envelope whose header repeats the request's header block *verbatim and in order*
   (PR-MESS), and whose body holds ``{serviceCode}Response`` in the service's namespace.
-- The request is parsed safely (size limit, DOCTYPE refused, no entities, no network) and
-  checked as a node checks it: Envelope, Header, the mandatory X-Road fields, protocol 4.0,
-  a body element named after ``service/serviceCode``.
+- The request is parsed and checked by :mod:`gateway.soap`, exactly as a node checks it: size
+  limit, DOCTYPE refused, no entities, no network; Envelope, Header, the mandatory X-Road
+  fields, protocol 4.0, a body element named after ``service/serviceCode``. ``text/xml``,
+  SOAP with attachments and MTOM are accepted.
 - Technical errors become SOAP Faults (HTTP 500) carrying the X-Road fault code, the message
   and a ``faultDetail`` id; *business* errors ("no such citizen") belong in a normal response,
   which is the operation's job, not the toolkit's.
@@ -28,7 +29,6 @@ Typical use::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -37,20 +37,14 @@ import structlog
 from aiohttp import web
 from lxml import etree
 
-from adapters.soap_headers import (
-    DEFAULT_MAX_BYTES,
-    NSMAP,
-    SOAP_ENV_NS,
-    XRoadHeaders,
-    envelope_parts,
-    parse_soap_xml,
-    read_headers,
-)
+from adapters.soap_headers import XRoadHeaders, headers_of
 from config.errors import JisrError
+from gateway import soap
 from gateway.faults import FaultError, client_fault, from_error
-from gateway.identifiers import XROAD_NS
+from gateway.soap_fault import SOAP_FAULT_HTTP_STATUS, soap_fault
 
-SOAP_CONTENT_TYPE: Final = "text/xml; charset=utf-8"
+#: Largest SOAP request the toolkit reads unless told otherwise (X-Road's logged-body default).
+DEFAULT_MAX_BYTES: Final = 10 * 1024 * 1024
 _log = structlog.get_logger("adapters.provider")
 
 
@@ -59,10 +53,13 @@ class ProviderRequest:
     """One X-Road SOAP request as the provider received it."""
 
     headers: XRoadHeaders
-    #: The request's ``SOAP-ENV:Header``, echoed verbatim into the response.
-    header_element: etree._Element
-    #: The operation element: the first element child of ``SOAP-ENV:Body``.
-    body: etree._Element
+    #: The full parse (:mod:`gateway.soap`): raw bytes, attachments, the header as received.
+    message: soap.SoapMessage
+
+    @property
+    def body(self) -> etree._Element:
+        """The operation element: the one element inside ``SOAP-ENV:Body``."""
+        return self.message.body
 
     @property
     def operation(self) -> str:
@@ -106,50 +103,26 @@ class ProviderRequest:
         return etree.Element(name)
 
 
-def parse_request(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ProviderRequest:
-    """Parse and check an incoming X-Road SOAP request; refusals are ``Client.*`` faults."""
-    root = parse_soap_xml(data, max_bytes=max_bytes)
-    header, body = envelope_parts(root)
-    headers = read_headers(header)
-    assert header is not None  # read_headers refuses a missing header
-    children = [child for child in body if isinstance(child.tag, str)]
-    if not children:
-        raise client_fault("MissingBody", "the SOAP Body is empty; put the operation element in it")
-    if len(children) > 1:
-        raise client_fault(
-            "InvalidBody", "the SOAP Body holds more than one element; send exactly one operation"
-        )
-    operation = children[0]
-    if etree.QName(operation).localname != headers.service.service_code:
-        raise client_fault(
-            "InconsistentHeaders",
-            f"the body element is {etree.QName(operation).localname} but xrd:service names "
-            f"{headers.service.service_code}; they must be the same",
-        )
-    return ProviderRequest(headers=headers, header_element=header, body=operation)
+def parse_request(
+    data: bytes, content_type: str = "text/xml", *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> ProviderRequest:
+    """Parse and check an incoming X-Road SOAP request; refusals are ``Client.*`` faults.
+
+    ``text/xml`` and ``multipart/related`` (SOAP with attachments, MTOM) are accepted; the
+    checks are :func:`gateway.soap.parse_soap_request`'s, the same a node makes.
+    """
+    message = soap.parse_soap_request(data, content_type, max_bytes=max_bytes)
+    return ProviderRequest(headers=headers_of(message), message=message)
 
 
 def build_response(request: ProviderRequest, body: etree._Element) -> bytes:
-    """The response envelope: the request's header block echoed, then ``body``."""
-    envelope = etree.Element(f"{{{SOAP_ENV_NS}}}Envelope", nsmap=NSMAP)
-    header = etree.SubElement(envelope, f"{{{SOAP_ENV_NS}}}Header")
-    for child in request.header_element:
-        header.append(copy.deepcopy(child))
-    etree.SubElement(envelope, f"{{{SOAP_ENV_NS}}}Body").append(body)
-    return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+    """The response envelope: the request's header block echoed in order, then ``body``."""
+    return soap.build_response(request.message, body)
 
 
 def build_fault(fault: FaultError) -> bytes:
     """A SOAP 1.1 Fault in X-Road's form: code, string, empty actor, ``faultDetail`` id."""
-    envelope = etree.Element(f"{{{SOAP_ENV_NS}}}Envelope", nsmap=NSMAP)
-    body = etree.SubElement(envelope, f"{{{SOAP_ENV_NS}}}Body")
-    element = etree.SubElement(body, f"{{{SOAP_ENV_NS}}}Fault")
-    etree.SubElement(element, "faultcode").text = fault.fault_code
-    etree.SubElement(element, "faultstring").text = fault.message
-    etree.SubElement(element, "faultactor")
-    detail = etree.SubElement(element, "detail")
-    etree.SubElement(detail, f"{{{XROAD_NS}}}faultDetail").text = fault.detail
-    return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+    return soap_fault(fault)
 
 
 def append_text(parent: etree._Element, name: str, value: object | None) -> None:
@@ -185,20 +158,24 @@ class SoapProvider:
             return self._fault_response(fault)
         except JisrError as exc:
             return self._fault_response(from_error(exc, prefix="Server"))
+        except Exception:
+            # A failure of the wrapped system must still reach the consumer as a SOAP Fault,
+            # with an id to find this log line; the exception text may hold internals.
+            failure = FaultError("Server.InternalError", "the service failed to answer")
+            _log.exception("operation_failed", detail=failure.detail)
+            return self._fault_response(failure)
         return web.Response(body=body, status=200, content_type="text/xml", charset="utf-8")
 
     def _fault_response(self, fault: FaultError) -> web.Response:
         _log.info("soap_fault", fault_code=fault.fault_code, detail=fault.detail)
         return web.Response(
-            body=build_fault(fault), status=500, content_type="text/xml", charset="utf-8"
+            body=build_fault(fault),
+            status=SOAP_FAULT_HTTP_STATUS,
+            content_type="text/xml",
+            charset="utf-8",
         )
 
     async def _respond(self, request: web.Request) -> bytes:
-        if request.content_type != "text/xml":
-            raise client_fault(
-                "InvalidContentType",
-                f"Content-Type is {request.content_type!r}; SOAP 1.1 requests use text/xml",
-            )
         if request.content_length is not None and request.content_length > self.max_request_bytes:
             raise FaultError(
                 "Client.RequestTooLarge",
@@ -207,7 +184,8 @@ class SoapProvider:
                 http_status=413,
             )
         data = await _read_limited(request, self.max_request_bytes)
-        parsed = parse_request(data, max_bytes=self.max_request_bytes)
+        content_type = request.headers.get("Content-Type", "")
+        parsed = parse_request(data, content_type, max_bytes=self.max_request_bytes)
         if parsed.namespace != self.namespace:
             raise client_fault(
                 "InvalidBody",

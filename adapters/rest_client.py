@@ -36,6 +36,7 @@ from yarl import URL
 
 from adapters.errors import NodeUnreachableError, UnexpectedResponseError
 from config.errors import IdentifierError, ValidationError
+from gateway import rest
 from gateway.faults import FaultError
 from gateway.identifiers import ClientId, MemberId, ServiceId, SubsystemId, parse_client
 
@@ -117,6 +118,7 @@ class ListedClient:
 
     id: ClientId
     name: str | None
+    subsystem_name: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,17 +137,6 @@ class ServiceDescription:
             ) from exc
 
 
-def _part(value: str) -> str:
-    return quote(value, safe="")
-
-
-def _client_path(client: ClientId) -> str:
-    parts = [client.instance, client.member_class, client.member_code]
-    if isinstance(client, SubsystemId):
-        parts.append(client.subsystem_code)
-    return "/".join(_part(p) for p in parts)
-
-
 def service_path(service: ServiceId) -> str:
     """``/r1/{serviceId}`` for ``service`` (without the provider's own path)."""
     if service.service_version is not None:
@@ -153,7 +144,11 @@ def service_path(service: ServiceId) -> str:
             f"service {service} has a version; X-Road REST services are addressed without one, "
             "drop the version from the service id"
         )
-    return f"/r1/{_client_path(service.provider)}/{_part(service.service_code)}"
+    if service.subsystem_code is None:
+        raise ValidationError(
+            f"service {service} belongs to a member; X-Road REST services belong to subsystems"
+        )
+    return rest.rest_path(service)
 
 
 #: Characters left as they are in the provider's path: RFC 3986 pchar, "/" and "%" (so that
@@ -278,7 +273,7 @@ class XRoadRestClient:
         if params:
             url = url.update_query(params)
         request_headers = dict(headers or {})
-        request_headers["X-Road-Client"] = str(self.client_id)
+        request_headers["X-Road-Client"] = rest.client_header_value(self.client_id)
         request_headers["X-Road-Id"] = message_id or str(uuid.uuid4())
         if user_id is not None:
             request_headers["X-Road-UserId"] = user_id
@@ -357,8 +352,13 @@ class XRoadRestClient:
             if not isinstance(item, Mapping):
                 raise UnexpectedResponseError(f"listClients: malformed entry {item!r}")
             name = item.get("name")
+            subsystem_name = item.get("subsystem_name")
             clients.append(
-                ListedClient(_client_from_json(item.get("id"), "listClients"), name and str(name))
+                ListedClient(
+                    _client_from_json(item.get("id"), "listClients"),
+                    str(name) if name is not None else None,
+                    str(subsystem_name) if subsystem_name is not None else None,
+                )
             )
         return clients
 

@@ -6,14 +6,16 @@ Rules:
   operations and types; the message always goes to the *node's* client side (``node_url``,
   path ``/``), never to the WSDL's ``soap:address``, which X-Road replaces with a placeholder.
 - Every call carries the X-Road header block in PR-MESS order: ``client``, ``service``,
-  ``id`` (a fresh uuid4 unless given), ``userId``, ``issue``, ``protocolVersion`` 4.0. The
+  ``userId``, ``id`` (a fresh uuid4 unless given), ``issue``, ``protocolVersion`` 4.0. The
   headers are passed to zeep as ready-made elements (``_soapheaders``), so they are sent the
   same way whether or not the WSDL declares them.
-- The answer's header block is read from the raw response envelope and checked: the echoed
-  ``id``, ``client`` and ``service`` must be the ones sent, else
-  :class:`~adapters.errors.UnexpectedResponseError`.
+- The answer is read again from the bytes as received, with :mod:`gateway.soap`: its header
+  block must repeat the request's (``client``, ``service``, ``userId``, ``id``, ``issue``,
+  ``protocolVersion``), else :class:`~adapters.errors.UnexpectedResponseError` with code
+  ``Server.ClientProxy.InconsistentResponse``; ``requestHash`` added by the provider's node is
+  reported in :attr:`SoapResult.headers`.
 - A SOAP Fault becomes :class:`~gateway.faults.FaultError` with the X-Road code (a namespace
-  prefix on ``faultcode`` is dropped) and the ``faultDetail`` id; no connection is
+  prefix on ``faultcode`` is dropped) and the node's ``faultDetail`` id; no connection is
   :class:`~adapters.errors.NodeUnreachableError`; a non-SOAP answer is
   :class:`~adapters.errors.UnexpectedResponseError`.
 - WSDLs are parsed without DTDs, entities or fetches of further documents over the network.
@@ -35,22 +37,19 @@ import requests
 import zeep
 import zeep.exceptions
 import zeep.helpers
-import zeep.plugins
 from lxml import etree
 
 from adapters.errors import NodeUnreachableError, UnexpectedResponseError
-from adapters.soap_headers import (
-    PROTOCOL_VERSION,
-    SOAP_ENV_NS,
-    XRoadHeaders,
-    header_elements,
-    read_headers,
-)
-from config.errors import ValidationError
-from gateway.faults import FaultError
-from gateway.identifiers import XROAD_NS, ClientId, ServiceId, parse_client
+from adapters.soap_headers import PROTOCOL_VERSION, XRoadHeaders, header_elements, headers_of
+from config.errors import JisrError, ValidationError
+from gateway import soap
+from gateway.faults import CLIENT_PROXY, FaultError
+from gateway.identifiers import ClientId, ServiceId, parse_client
+from gateway.soap_fault import MAX_FAULT_BYTES, parse_soap_fault
 
 DEFAULT_TIMEOUT: Final = 60.0
+#: Largest response the client parses for its header checks (X-Road's logged-body default).
+MAX_RESPONSE_BYTES: Final = 10 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,47 +59,65 @@ class SoapResult:
     #: The response element's content as dicts and lists (``zeep.helpers.serialize_object``).
     body: Any
     headers: XRoadHeaders
-    #: The response envelope as received, for logging or archiving by the integrator.
-    envelope: bytes
+    #: The HTTP body exactly as the node sent it, for the integrator's own records.
+    raw: bytes
 
 
-class _EnvelopeCapture(zeep.plugins.Plugin):
-    """Keeps the last raw response envelope per thread, so headers can be read exactly."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Exchange:
+    request: bytes
+    status: int
+    content_type: str
+    response: bytes
 
-    def __init__(self) -> None:
+
+class _RecordingTransport(zeep.Transport):
+    """zeep's transport, keeping the last request and response bytes of each thread.
+
+    zeep hands back parsed objects only; the header checks need the bytes as they travelled.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]  # zeep is unannotated
         self._local = threading.local()
 
-    def ingress(self, envelope: etree._Element, http_headers: Any, operation: Any) -> Any:
-        self._local.envelope = etree.tostring(envelope)
-        return envelope, http_headers
+    def post(self, address: str, message: bytes | str, headers: Any) -> Any:
+        self._local.exchange = None
+        response = super().post(address, message, headers)  # type: ignore[no-untyped-call]
+        self._local.exchange = _Exchange(
+            request=message.encode() if isinstance(message, str) else message,
+            status=response.status_code,
+            content_type=response.headers.get("Content-Type", "text/xml"),
+            response=response.content,
+        )
+        return response
 
-    def take(self) -> bytes | None:
-        envelope: bytes | None = getattr(self._local, "envelope", None)
-        self._local.envelope = None
-        return envelope
+    def take(self) -> _Exchange | None:
+        exchange: _Exchange | None = getattr(self._local, "exchange", None)
+        self._local.exchange = None
+        return exchange
 
 
-def _fault_from_zeep(exc: zeep.exceptions.Fault) -> FaultError:
-    code = str(exc.code or "Server").strip()
-    if ":" in code:  # "SOAP-ENV:Server.ServerProxy.AccessDenied" → the X-Road code
-        code = code.split(":", 1)[1]
-    fault = FaultError(code, str(exc.message or "the node returned a SOAP Fault"))
-    detail = exc.detail
-    if isinstance(detail, etree._Element):
-        found = detail.find(f".//{{{XROAD_NS}}}faultDetail")
-        if found is None:
-            found = detail.find(".//faultDetail")
-        if found is not None and found.text:
-            fault.detail = found.text.strip()
+def _fault_of(exchange: _Exchange | None, exc: zeep.exceptions.Fault) -> JisrError:
+    """The error for a response zeep read as a Fault: the node's fault, or a non-SOAP answer.
+
+    zeep calls any XML answer with a non-200 status a fault (an HTML error page included),
+    so the bytes are read again with the gateway's fault reader to tell the two apart.
+    """
+    if exchange is None:
+        return FaultError(str(exc.code or "Server"), str(exc.message))
+    try:
+        fault = parse_soap_fault(exchange.response, max_bytes=MAX_FAULT_BYTES)
+    except FaultError as not_soap:
+        return UnexpectedResponseError(
+            f"the node answered HTTP {exchange.status} ({exchange.content_type}) instead of a "
+            f"SOAP message: {not_soap.message}; check that node_url is the node's client side"
+        )
+    if fault is None:
+        return UnexpectedResponseError(
+            f"the node answered HTTP {exchange.status} with a SOAP message that is not a Fault"
+        )
     return fault
-
-
-def _parse(envelope: bytes) -> etree._Element:
-    # The envelope was already parsed by zeep with DTDs forbidden; parse it again just as safely.
-    parser = etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
-    )
-    return etree.fromstring(envelope, parser=parser)
 
 
 class XRoadSoapClient:
@@ -130,9 +147,8 @@ class XRoadSoapClient:
         self.node_url = (
             node_url if urlsplit(node_url).path not in ("", "/") else (node_url.rstrip("/") + "/")
         )
-        self._capture = _EnvelopeCapture()
         # zeep is unannotated: its calls below carry type-ignore comments for that reason.
-        transport = zeep.Transport(  # type: ignore[no-untyped-call]
+        self._transport = _RecordingTransport(
             session=session, timeout=timeout, operation_timeout=timeout
         )
         settings = zeep.Settings(
@@ -144,7 +160,7 @@ class XRoadSoapClient:
         )
         try:
             self.zeep = zeep.Client(  # type: ignore[no-untyped-call]
-                str(wsdl), transport=transport, settings=settings, plugins=[self._capture]
+                str(wsdl), transport=self._transport, settings=settings
             )
         except (OSError, requests.RequestException) as exc:
             raise NodeUnreachableError(f"cannot load the WSDL from {wsdl}: {exc}") from exc
@@ -181,12 +197,11 @@ class XRoadSoapClient:
             user_id=user_id if user_id is not None else self.user_id,
             issue=issue,
         )
-        self._capture.take()
+        self._transport.take()
         try:
             result = self._operation(**fields, _soapheaders=header_elements(sent))
         except zeep.exceptions.Fault as exc:
-            self._refuse_non_soap(self._capture.take())
-            raise _fault_from_zeep(exc) from exc
+            raise _fault_of(self._transport.take(), exc) from exc
         except requests.RequestException as exc:
             raise NodeUnreachableError(
                 f"cannot reach the node's client side at {self.node_url}: {exc} "
@@ -200,16 +215,16 @@ class XRoadSoapClient:
             raise ValidationError(f"the request does not fit the WSDL: {exc}") from exc
         except (zeep.exceptions.XMLParseError, zeep.exceptions.XMLSyntaxError) as exc:
             raise UnexpectedResponseError(f"the response does not fit the WSDL: {exc}") from exc
-        envelope = self._capture.take()
-        if envelope is None:
-            raise UnexpectedResponseError("the node's answer had no SOAP envelope")
-        received = self._echoed_headers(envelope, sent)
+        exchange = self._transport.take()
+        if exchange is None:
+            raise UnexpectedResponseError("the node's answer was not recorded; no HTTP exchange")
+        received = _checked_echo(exchange)
         if hasattr(result, "body") and hasattr(result, "header"):
             result = result.body
         return SoapResult(
             body=zeep.helpers.serialize_object(result, dict),  # type: ignore[no-untyped-call]
             headers=received,
-            envelope=envelope,
+            raw=exchange.response,
         )
 
     async def acall(
@@ -225,38 +240,23 @@ class XRoadSoapClient:
             self.call, message_id=message_id, user_id=user_id, issue=issue, **fields
         )
 
-    @staticmethod
-    def _refuse_non_soap(envelope: bytes | None) -> None:
-        """zeep reports any XML error answer (an HTML page) as a fault; tell them apart."""
-        if envelope is None:
-            return
-        root = _parse(envelope)
-        if root.find(f"{{{SOAP_ENV_NS}}}Body/{{{SOAP_ENV_NS}}}Fault") is None:
-            raise UnexpectedResponseError(
-                f"the node answered with <{etree.QName(root).localname}> instead of a SOAP "
-                "message; check that node_url is the node's client side"
-            )
 
-    def _echoed_headers(self, envelope: bytes, sent: XRoadHeaders) -> XRoadHeaders:
-        root = _parse(envelope)
-        try:
-            received = read_headers(root.find(f"{{{SOAP_ENV_NS}}}Header"))
-        except FaultError as exc:
-            raise UnexpectedResponseError(
-                f"the response's X-Road header is not valid: {exc.message}"
-            ) from exc
-        mismatched = [
-            name
-            for name, ours, theirs in (
-                ("id", sent.id, received.id),
-                ("client", sent.client, received.client),
-                ("service", sent.service, received.service),
-            )
-            if ours != theirs
-        ]
-        if mismatched:
-            raise UnexpectedResponseError(
-                "the response does not echo the request's " + ", ".join(mismatched),
-                fault_code="Server.ClientProxy.InconsistentResponse",
-            )
-        return received
+def _checked_echo(exchange: _Exchange) -> XRoadHeaders:
+    """The response's headers, after checking that they repeat the request's (PR-MESS)."""
+    try:
+        sent = soap.parse_soap_request(exchange.request, "text/xml", max_bytes=MAX_RESPONSE_BYTES)
+        received = soap.parse_soap_response(
+            exchange.response,
+            exchange.content_type,
+            max_bytes=MAX_RESPONSE_BYTES,
+            fault_prefix=CLIENT_PROXY,
+        )
+        if isinstance(received, soap.SoapFaultResponse):  # zeep raised on faults already
+            raise received.fault
+        soap.check_response_consistent(sent, received, prefix=CLIENT_PROXY)
+    except FaultError as exc:
+        raise UnexpectedResponseError(
+            f"the node's response breaks the X-Road protocol: {exc.message}",
+            fault_code=exc.fault_code,
+        ) from exc
+    return headers_of(received)

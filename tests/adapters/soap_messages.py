@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from lxml import etree
 
-from adapters.soap_headers import NSMAP, SOAP_ENV_NS, XRoadHeaders, header_elements
 from gateway.identifiers import ServiceId, SubsystemId
+from gateway.soap import build_request
+from gateway.xml_safety import parse_xml
 
 CONSUMER = SubsystemId("IQ", "GOV", "HJC", "inheritance")
+SOAP_ENV_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 
 
 def soap_request(
@@ -20,15 +22,16 @@ def soap_request(
     issue: str | None = "HJC-case-2026-118",
     operation: str | None = None,
 ) -> bytes:
-    headers = XRoadHeaders(
-        client=CONSUMER, service=service, id=message_id, user_id=user_id, issue=issue
-    )
-    envelope = etree.Element(f"{{{SOAP_ENV_NS}}}Envelope", nsmap=NSMAP)
-    header = etree.SubElement(envelope, f"{{{SOAP_ENV_NS}}}Header")
-    for element in header_elements(headers):
-        header.append(element)
-    body = etree.SubElement(envelope, f"{{{SOAP_ENV_NS}}}Body")
-    op = etree.SubElement(body, f"{{{namespace}}}{operation or service.service_code}")
+    body = etree.Element(f"{{{namespace}}}{service.service_code}", nsmap={"p": namespace})
     for name, value in fields.items():
-        etree.SubElement(op, f"{{{namespace}}}{name}").text = value
-    return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+        etree.SubElement(body, f"{{{namespace}}}{name}").text = value
+    data = build_request(
+        CONSUMER, service, id=message_id, body_element_xml=body, user_id=user_id, issue=issue
+    )
+    if operation is not None:  # a body that does not match the service code, on purpose
+        data = data.replace(f"p:{service.service_code}".encode(), f"p:{operation}".encode())
+    return data
+
+
+def parse(data: bytes) -> etree._Element:
+    return parse_xml(data, max_bytes=10 * 1024 * 1024)

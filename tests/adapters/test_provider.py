@@ -1,13 +1,21 @@
 from __future__ import annotations
 
+import aiohttp
 import pytest
+from aiohttp import web
 from lxml import etree
+from structlog.testing import capture_logs
 
-from adapters.provider import build_fault, build_response, parse_request
-from adapters.soap_headers import SOAP_ENV_NS, parse_soap_xml
+from adapters.provider import (
+    ProviderRequest,
+    SoapProvider,
+    build_fault,
+    build_response,
+    parse_request,
+)
 from gateway.faults import FaultError, client_fault
-from gateway.identifiers import XROAD_NS, ServiceId
-from tests.adapters.soap_messages import CONSUMER, soap_request
+from gateway.identifiers import ServiceId
+from tests.adapters.soap_messages import CONSUMER, SOAP_ENV_NS, parse, soap_request
 
 NS = "urn:test:population"
 SERVICE = ServiceId("IQ", "GOV", "NDC", "population", "getCitizen", "v1")
@@ -34,7 +42,7 @@ def test_response_echoes_the_request_header_block_in_order() -> None:
     data = soap_request(SERVICE, NS, {"nationalId": "198503141027"})
     request = parse_request(data)
     body = request.response_element()
-    response = parse_soap_xml(build_response(request, body))
+    response = parse(build_response(request, body))
     sent = etree.fromstring(data).find(f"{{{SOAP_ENV_NS}}}Header")
     echoed = response.find(f"{{{SOAP_ENV_NS}}}Header")
     assert sent is not None
@@ -43,7 +51,7 @@ def test_response_echoes_the_request_header_block_in_order() -> None:
         etree.tostring(e, method="c14n") for e in sent
     ]
     names = [etree.QName(e).localname for e in echoed]
-    assert names == ["client", "service", "id", "userId", "issue", "protocolVersion"]
+    assert names == ["client", "service", "userId", "id", "issue", "protocolVersion"]
     result = response.find(f"{{{SOAP_ENV_NS}}}Body/{{{NS}}}getCitizenResponse")
     assert result is not None
 
@@ -109,11 +117,46 @@ def test_refuses_text_that_is_not_xml() -> None:
     assert _fault_code(b"hello") == "Client.InvalidSoap"
 
 
+def test_refuses_content_type_other_than_soap() -> None:
+    with pytest.raises(FaultError) as caught:
+        parse_request(soap_request(SERVICE, NS, {}), "application/json")
+    assert caught.value.fault_code == "Client.InvalidContentType"
+
+
 def test_fault_carries_code_message_and_detail_id() -> None:
     fault = client_fault("InvalidBody", "nationalId is missing")
-    root = parse_soap_xml(build_fault(fault))
+    root = parse(build_fault(fault))
     element = root.find(f"{{{SOAP_ENV_NS}}}Body/{{{SOAP_ENV_NS}}}Fault")
     assert element is not None
     assert element.findtext("faultcode") == "Client.InvalidBody"
     assert element.findtext("faultstring") == "nationalId is missing"
-    assert element.findtext(f"detail/{{{XROAD_NS}}}faultDetail") == fault.detail
+    assert element.findtext("detail/faultDetail") == fault.detail
+
+
+async def test_failing_operation_becomes_a_server_fault_with_a_log_id() -> None:
+    async def broken(request: ProviderRequest) -> etree._Element:
+        raise OSError("legacy database at 10.0.0.7 is down")
+
+    app = web.Application()
+    app.router.add_post("/soap", SoapProvider(NS, {"getCitizen": broken}).handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/soap"
+        data = soap_request(SERVICE, NS, {"nationalId": "198503141027"})
+        with capture_logs() as logs:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(url, data=data, headers={"Content-Type": "text/xml"}) as response,
+            ):
+                status, body = response.status, await response.read()
+    finally:
+        await runner.cleanup()
+    assert status == 500
+    fault = parse(body).find(f"{{{SOAP_ENV_NS}}}Body/{{{SOAP_ENV_NS}}}Fault")
+    assert fault is not None
+    assert fault.findtext("faultcode") == "Server.InternalError"
+    assert "10.0.0.7" not in (fault.findtext("faultstring") or "")
+    failures = [entry for entry in logs if entry["event"] == "operation_failed"]
+    assert failures[0]["detail"] == fault.findtext("detail/faultDetail")

@@ -17,9 +17,8 @@ from adapters.sample_services import (
     RunningSampleServices,
     run_sample_services,
 )
-from adapters.soap_headers import SOAP_ENV_NS, parse_soap_xml
 from gateway.identifiers import ServiceId
-from tests.adapters.soap_messages import soap_request
+from tests.adapters.soap_messages import SOAP_ENV_NS, parse, soap_request
 
 
 @pytest.fixture
@@ -52,7 +51,7 @@ async def _soap(
         data=data,
         headers={"Content-Type": "text/xml; charset=utf-8"},
     ) as response:
-        return response.status, parse_soap_xml(await response.read())
+        return response.status, parse(await response.read())
 
 
 def _body(root: etree._Element) -> etree._Element:
@@ -112,13 +111,13 @@ async def test_ndc_soap_returns_record_and_echoes_xroad_headers(
     assert [etree.QName(e).localname for e in header] == [
         "client",
         "service",
-        "id",
         "userId",
+        "id",
         "issue",
         "protocolVersion",
     ]
-    assert header[2].text == "msg-0001"
-    assert header[3].text == "IQ198503141027"
+    assert header[3].text == "msg-0001"
+    assert header[2].text == "IQ198503141027"
     response = _body(root)
     assert etree.QName(response).localname == "getCitizenResponse"
     citizen = _fields(response[0])
@@ -154,7 +153,7 @@ async def test_soap_refuses_wrong_content_type(
         headers={"Content-Type": "application/json"},
     ) as response:
         assert response.status == 500
-        root = parse_soap_xml(await response.read())
+        root = parse(await response.read())
     assert _body(root).findtext("faultcode") == "Client.InvalidContentType"
 
 

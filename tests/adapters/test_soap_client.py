@@ -17,10 +17,10 @@ from adapters.errors import NodeUnreachableError, UnexpectedResponseError
 from adapters.provider import build_fault, parse_request
 from adapters.sample_services import SAMPLE_SERVICES, RunningSampleServices, run_sample_services
 from adapters.soap_client import XRoadSoapClient
-from adapters.soap_headers import SOAP_ENV_NS, parse_soap_xml
 from config.errors import ValidationError
 from gateway.faults import FaultError, server_proxy_fault
 from gateway.identifiers import XROAD_NS, ServiceId, SubsystemId
+from tests.adapters.soap_messages import SOAP_ENV_NS, parse
 
 CLIENT = SubsystemId("IQ", "GOV", "HJC", "inheritance")
 BEHAVIOUR: web.AppKey[dict[str, str]] = web.AppKey("behaviour", dict)
@@ -66,7 +66,7 @@ async def _fake_node(request: web.Request) -> web.Response:
             behaviour["upstream"], data=data, headers={"Content-Type": "text/xml"}
         ) as upstream,
     ):
-        root = parse_soap_xml(await upstream.read())
+        root = parse(await upstream.read())
     header = root.find(f"{{{SOAP_ENV_NS}}}Header")
     assert header is not None
     if behaviour["mode"] == "request-hash":
@@ -116,6 +116,7 @@ async def test_call_sends_xroad_headers_and_reads_the_echo(
     assert result.headers.issue == "inheritance-2026-118"
     assert result.headers.protocol_version == "4.0"
     uuid.UUID(result.headers.id)
+    assert parse(result.raw).tag == f"{{{SOAP_ENV_NS}}}Envelope"
     second = await client.acall(nationalId="198306110429")
     assert second.headers.id != result.headers.id
 
@@ -194,7 +195,7 @@ async def test_refuses_response_that_echoes_another_message_id(
 ) -> None:
     node[1]["mode"] = "wrong-id"
     client = XRoadSoapClient(_wsdl("ndc", tmp_path), node[0], CLIENT, _service("ndc"))
-    with pytest.raises(UnexpectedResponseError, match="does not echo the request's id") as caught:
+    with pytest.raises(UnexpectedResponseError, match="xrd:id is 'someone-else'") as caught:
         await client.acall(nationalId="199207020583")
     assert caught.value.fault_code == "Server.ClientProxy.InconsistentResponse"
 
