@@ -17,8 +17,9 @@ Rules:
   serialNumber = member id). ``auth`` (register_server only) is signed with the node's
   authentication key and its signer certificate must be exactly ``auth_cert`` whose CN names
   the server: proof that the node holds the key it registers.
-- Every signer certificate must be issued by an approved CA (directly, or through that CA's
-  listed intermediates), be valid now, conform to its profile, and come with a *good* OCSP
+- Every signer certificate must chain to an approved CA's root (through that CA's listed
+  intermediates or ones the signature carries; :func:`certs.validation.validate_path` at the
+  registry's now), conform to its profile, and come with a *good* OCSP
   response from that CA (or its listed responder) no older than the instance's
   ``ocsp_freshness_s``.
 - ``created_at`` must be within :data:`MAX_CLOCK_DIFFERENCE` of now and the nonce never seen
@@ -41,12 +42,13 @@ import re
 from typing import Any, Final, Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certs.cms import verify_detached
+from certs.errors import CertValidityError, PathValidationError, WrongProfileError
 from certs.ocsp import verify_response
-from certs.profiles import AUTHENTICATION, SIGNING, Profile, conformance_problem
+from certs.profiles import AUTHENTICATION, SIGNING, Profile
+from certs.validation import validate_path
 from config.errors import IdentifierError, JisrError, PkiError
 from gateway.globalconf import canonical_json
 from gateway.identifiers import MemberId, SecurityServerId, SubsystemId, parse_client
@@ -196,20 +198,6 @@ class _TrustedCa:
     responders: tuple[x509.Certificate, ...]
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _valid_at(cert: x509.Certificate, now: dt.datetime) -> bool:
-    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
-
-
 class ManagementService:
     """Verifies and records requests; approves and declines them for the operator."""
 
@@ -278,8 +266,10 @@ class ManagementService:
         cas = await self._trusted_cas()
         max_age = dt.timedelta(seconds=settings.ocsp_freshness_s)
 
-        owner_cert = self._check_signature(signatures["owner"], raw, "owner")
-        self._check_certificate(owner_cert, ocsp_responses["owner"], SIGNING, cas, now, max_age)
+        owner_cert, carried = self._check_signature(signatures["owner"], raw, "owner")
+        self._check_certificate(
+            owner_cert, carried, ocsp_responses["owner"], SIGNING, cas, now, max_age
+        )
         owner_id = owner_cert.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)
         if not owner_id or owner_id[0].value != str(request.server.owner):
             raise _refuse(
@@ -289,7 +279,7 @@ class ManagementService:
             )
         if request.type == "register_server":
             assert request.auth_cert is not None
-            auth_cert = self._check_signature(signatures["auth"], raw, "auth")
+            auth_cert, carried = self._check_signature(signatures["auth"], raw, "auth")
             if auth_cert.public_bytes(Encoding.DER) != request.auth_cert.public_bytes(Encoding.DER):
                 raise _refuse(
                     "the auth signature was not made with the key of auth_cert: proof of "
@@ -297,7 +287,7 @@ class ManagementService:
                     "Client.InvalidSignatureValue",
                 )
             self._check_certificate(
-                auth_cert, ocsp_responses["auth"], AUTHENTICATION, cas, now, max_age
+                auth_cert, carried, ocsp_responses["auth"], AUTHENTICATION, cas, now, max_age
             )
             cn = auth_cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
             if not cn or cn[0].value != str(request.server):
@@ -362,9 +352,13 @@ class ManagementService:
         return result
 
     @staticmethod
-    def _check_signature(signature: bytes, raw: bytes, which: str) -> x509.Certificate:
+    def _check_signature(
+        signature: bytes, raw: bytes, which: str
+    ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+        """The signer and the other certificates the signature carries (possible intermediates)."""
         try:
-            return verify_detached(signature, raw).signer
+            verified = verify_detached(signature, raw)
+            return verified.signer, tuple(c for c in verified.certificates if c != verified.signer)
         except PkiError as exc:
             raise _refuse(
                 f"the {which} signature does not verify: {exc.message}",
@@ -374,6 +368,7 @@ class ManagementService:
     @staticmethod
     def _check_certificate(
         cert: x509.Certificate,
+        carried: tuple[x509.Certificate, ...],
         ocsp_der: bytes,
         profile: Profile,
         cas: list[_TrustedCa],
@@ -381,23 +376,22 @@ class ManagementService:
         max_age: dt.timedelta,
     ) -> None:
         subject = cert.subject.rfc4514_string()
-        problem = conformance_problem(cert, profile)
-        if problem is not None:
-            raise _refuse(
-                f"certificate {subject} is not a {profile.title} certificate: {problem}",
-                "Client.IncorrectCertificate",
-            )
-        if not _valid_at(cert, now):
-            raise _refuse(
-                f"certificate {subject} is not valid now (valid "
-                f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})",
-                "Client.CertValidityTime",
-            )
         for ca in cas:
-            chain = _chain_to(cert, ca, now)
-            if chain is None:
+            try:
+                path = validate_path(
+                    cert,
+                    intermediates=[*ca.intermediates, *carried],
+                    roots=[ca.root],
+                    at=now,
+                    profile=profile,
+                )
+            except WrongProfileError as exc:
+                raise _refuse(exc.message, "Client.IncorrectCertificate") from exc
+            except CertValidityError as exc:
+                raise _refuse(exc.message, "Client.CertValidityTime") from exc
+            except PathValidationError:
                 continue
-            issuer = chain[0]
+            issuer = path[1]
             try:
                 verdict = verify_response(
                     ocsp_der,
@@ -460,20 +454,3 @@ class ManagementService:
                 await store.add_server_client("", server, client, conn=conn)
             else:
                 await store.remove_server_client("", server, client, conn=conn)
-
-
-def _chain_to(
-    cert: x509.Certificate, ca: _TrustedCa, now: dt.datetime
-) -> list[x509.Certificate] | None:
-    """The issuers from ``cert`` up to the CA's root (nearest first), all valid now, or None."""
-    chain: list[x509.Certificate] = []
-    current = cert
-    for _ in range(len(ca.intermediates) + 1):
-        if _issued_by(current, ca.root):
-            return [*chain, ca.root] if _valid_at(ca.root, now) else None
-        issuer = next((i for i in ca.intermediates if _issued_by(current, i)), None)
-        if issuer is None or not _valid_at(issuer, now) or issuer in chain:
-            return None
-        chain.append(issuer)
-        current = issuer
-    return None

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.identifiers import MemberId
+from gateway.identifiers import MemberId, SecurityServerId
 from registry.errors import ConflictError, RequestRefused
 from registry.management import ManagementService
 from tests.pki_factory import Issued
@@ -211,3 +211,26 @@ async def test_refuses_duplicate_server_and_old_request(registry: Registry, node
         await ManagementService(registry.store).submit(
             node.register_body(), now=node.at + dt.timedelta(minutes=10)
         )
+
+
+async def test_refuses_authentication_certificate_as_owner_signature(
+    registry: Registry, node: Node
+) -> None:
+    raw = request_bytes("delete_server", SERVER, at=node.at)
+    data = body(raw, at=node.at, owner=node.auth, owner_ca=node.ca)
+    await registry.store.add_server("op", SecurityServerId.parse(SERVER), "ss1:5500", [])
+    await _refused(registry, node, data, "not a member signing certificate")
+
+
+async def test_refuses_expired_signing_certificate(registry: Registry, node: Node) -> None:
+    old = node.ca.pki.issue(
+        "old signing",
+        serial_number="IQ/GOV/NDC",
+        content_commitment=True,
+        not_before=node.at - dt.timedelta(days=400),
+    )
+    raw = request_bytes(
+        "register_server", SERVER, at=node.at, address="ss1.ndc.gov.iq:5500", auth=node.auth
+    )
+    data = body(raw, at=node.at, owner=old, owner_ca=node.ca, auth=node.auth)
+    await _refused(registry, node, data, "expired")
