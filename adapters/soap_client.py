@@ -211,7 +211,8 @@ class XRoadSoapClient:
             raise UnexpectedResponseError(
                 f"the node answered HTTP {exc.status_code} without a SOAP message: {exc.message}"
             ) from exc
-        except zeep.exceptions.ValidationError as exc:
+        except (zeep.exceptions.ValidationError, TypeError) as exc:
+            # zeep reports arguments the operation does not take as TypeError.
             raise ValidationError(f"the request does not fit the WSDL: {exc}") from exc
         except (zeep.exceptions.XMLParseError, zeep.exceptions.XMLSyntaxError) as exc:
             raise UnexpectedResponseError(f"the response does not fit the WSDL: {exc}") from exc

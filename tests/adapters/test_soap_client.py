@@ -230,6 +230,12 @@ def test_refuses_service_code_the_wsdl_does_not_define(tmp_path: Path) -> None:
         )
 
 
+def test_refuses_arguments_the_operation_does_not_take(tmp_path: Path) -> None:
+    client = XRoadSoapClient(_wsdl("ndc", tmp_path), "http://127.0.0.1:9", CLIENT, _service("ndc"))
+    with pytest.raises(ValidationError, match="unexpected keyword argument 'passport'"):
+        client.call(passport="A1234567")
+
+
 def test_refuses_wsdl_with_doctype(tmp_path: Path) -> None:
     path = tmp_path / "evil.wsdl"
     path.write_bytes(
