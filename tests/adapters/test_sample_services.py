@@ -289,3 +289,61 @@ async def test_openapi_is_served_with_the_service_paths_and_resolvable_refs(
     for ref in {part.split('"')[0] for part in text.split('"$ref": "')[1:]}:
         assert ref.startswith("#/components/schemas/")
         assert ref.rsplit("/", 1)[1] in document["components"]["schemas"]
+
+
+_XSD = "http://www.w3.org/2001/XMLSchema"
+
+
+def _wsdl_schema(kind: str, namespace: str, tmp_path: Path) -> etree.XMLSchema:
+    """The WSDL's inline schema for ``namespace``, with its imports resolved to local files."""
+    root = etree.fromstring(SAMPLE_SERVICES[kind].wsdl())
+    schemas = list(root.iter(f"{{{_XSD}}}schema"))
+    files = {s.get("targetNamespace"): f"schema{n}.xsd" for n, s in enumerate(schemas)}
+    for schema in schemas:
+        document = etree.fromstring(etree.tostring(schema))
+        for imported in document.iter(f"{{{_XSD}}}import"):
+            imported.set("schemaLocation", files[imported.get("namespace")])
+        (tmp_path / files[schema.get("targetNamespace")]).write_bytes(etree.tostring(document))
+    return etree.XMLSchema(etree.parse(str(tmp_path / files[namespace])))
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        ("ndc", {"nationalId": "194902170054"}),
+        ("ndc", {"nationalId": "198503141027"}),
+        ("ndc", {"nationalId": "999999999999"}),
+        ("mohesr", {"documentNumber": "MUS-2016-002391"}),
+        ("mohesr", {"documentNumber": "MUS-2016-002391", "nationalId": "198503141027"}),
+        ("mohesr", {"documentNumber": "MUS-1990-000001"}),
+        ("moh", {"nationalId": "197502280617"}),
+        ("moh", {"nationalId": "198503141027"}),
+    ],
+)
+async def test_soap_responses_are_valid_against_the_wsdl_schema(
+    services: RunningSampleServices,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+    kind: str,
+    fields: dict[str, str],
+) -> None:
+    schema = _wsdl_schema(kind, SAMPLE_SERVICES[kind].namespace, tmp_path)
+    request = etree.fromstring(
+        soap_request(_service_id(kind), SAMPLE_SERVICES[kind].namespace, fields)
+    )
+    request_body = request.find(f"{{{SOAP_ENV_NS}}}Body")
+    assert request_body is not None
+    schema.assertValid(request_body[0])
+    status, root = await _soap(http, services, kind, fields)
+    assert status == 200
+    schema.assertValid(_body(root))
+
+
+@pytest.mark.parametrize("kind", sorted(SAMPLE_SERVICES))
+def test_request_headers_are_valid_against_the_wsdl_xroad_schema(kind: str, tmp_path: Path) -> None:
+    schema = _wsdl_schema(kind, "http://x-road.eu/xsd/xroad.xsd", tmp_path)
+    request = etree.fromstring(soap_request(_service_id(kind), "urn:x", {}))
+    header = request.find(f"{{{SOAP_ENV_NS}}}Header")
+    assert header is not None
+    for element in header:
+        schema.assertValid(element)
