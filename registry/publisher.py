@@ -174,7 +174,6 @@ class Publisher:
     async def publish(self) -> ConfVersion:
         """Build, sign and store the next version now, whether or not anything changed."""
         async with self._lock:
-            serial = (await self.store.settings()).change_serial
             content = await self.store.conf_content()
             active = await self.store.active_conf_key()
             latest = await self.store.latest_version()
@@ -193,8 +192,8 @@ class Publisher:
                 digest=digest_of(document),
                 previous_digest=conf.previous_digest,
                 signing_key_id=active.key_id,
-                # The serial read before the content: a change made meanwhile is caught next time.
-                change_serial=serial,
+                # Read in the same snapshot as the content it describes.
+                change_serial=content.settings.change_serial,
                 generated_at=conf.generated_at,
                 expires_at=conf.expires_at,
             )
@@ -226,5 +225,11 @@ class Publisher:
                 await self.publish_if_due()
             except JisrError as exc:
                 log.error("global configuration not published", error=str(exc))
+            except Exception as exc:  # a bug must not stop publishing for good; retried
+                # Logged without the traceback's local variables, which hold key material.
+                log.error(
+                    "global configuration not published (unexpected error)",
+                    error=f"{type(exc).__name__}: {exc}",
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=self.poll_s)

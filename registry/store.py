@@ -18,6 +18,7 @@ Rules:
 from __future__ import annotations
 
 import base64
+import contextvars
 import dataclasses
 import datetime as dt
 import hashlib
@@ -143,6 +144,11 @@ def _iso(value: dt.datetime | None) -> str | None:
     return None if value is None else value.astimezone(dt.UTC).isoformat()
 
 
+#: The connection of an open read snapshot (see :meth:`RegistryStore.conf_content`).
+_SNAPSHOT: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
+    "registry_snapshot", default=None
+)
+
 #: Constraint name → what to tell the user when it is violated.
 _DUPLICATE_MESSAGES = {
     "instance_pkey": "the registry is already initialised",
@@ -229,6 +235,9 @@ class RegistryStore:
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         try:
+            snapshot = _SNAPSHOT.get()
+            if snapshot is not None:
+                return list(await snapshot.fetch(query, *args))
             async with self.pool.acquire() as conn:
                 return list(await conn.fetch(query, *args))
         except (OSError, asyncpg.PostgresError) as exc:
@@ -981,17 +990,34 @@ class RegistryStore:
             )
 
     async def conf_content(self) -> ConfContent:
-        """Read everything a configuration version needs (consistent within one snapshot)."""
-        return ConfContent(
-            settings=await self.settings(),
-            member_classes=await self.list_member_classes(),
-            members=await self.list_members(),
-            security_servers=await self.list_servers(),
-            approved_cas=await self.list_cas(),
-            approved_tsas=await self.list_tsas(),
-            global_groups=await self.list_groups(),
-            signing_keys=[k for k in await self.list_conf_keys() if k.state != "retired"],
-        )
+        """Read everything a configuration version needs, in one consistent snapshot.
+
+        The reads share one REPEATABLE READ transaction, so a change committed meanwhile is
+        either wholly in the content (and in ``settings.change_serial``) or wholly absent.
+        """
+        try:
+            async with (
+                self.pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                token = _SNAPSHOT.set(conn)
+                try:
+                    return ConfContent(
+                        settings=await self.settings(),
+                        member_classes=await self.list_member_classes(),
+                        members=await self.list_members(),
+                        security_servers=await self.list_servers(),
+                        approved_cas=await self.list_cas(),
+                        approved_tsas=await self.list_tsas(),
+                        global_groups=await self.list_groups(),
+                        signing_keys=[
+                            k for k in await self.list_conf_keys() if k.state != "retired"
+                        ],
+                    )
+                finally:
+                    _SNAPSHOT.reset(token)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StorageError(f"reading the registry database failed: {exc}") from exc
 
     async def latest_version(self) -> ConfVersion | None:
         rows = await self._fetch("SELECT * FROM globalconf_versions ORDER BY version DESC LIMIT 1")
