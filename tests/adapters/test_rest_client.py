@@ -90,6 +90,12 @@ async def _r1(request: web.Request) -> web.StreamResponse:
         "X-Road-Request-Id": "req-42",
         "X-Road-Request-Hash": "aGFzaA==",
     }
+    if service == "IQ/GOV/NDC/population/brokenNode":
+        return web.Response(
+            text="node overloaded",
+            status=503,
+            headers={"X-Road-Error": "Server.ClientProxy.NetworkError"},
+        )
     if service == "IQ/GOV/MOH/forensic/getDeathRecord":
         return _error(500, "Server.ServerProxy.AccessDenied", f"{client} may not call {service}")
     if parts[-1] in ("listMethods", "allowedMethods"):
@@ -280,3 +286,26 @@ async def test_refuses_response_over_the_size_limit(node: tuple[str, list[web.Re
     async with XRoadRestClient(node[0], CLIENT, max_body_bytes=50) as rest:
         with pytest.raises(UnexpectedResponseError, match="over the limit"):
             await rest.call("GET", "IQ/GOV/NDC/population/getCitizen", "/citizens/195410040233")
+
+
+async def test_path_and_query_are_percent_encoded_once(
+    client: XRoadRestClient, node: tuple[str, list[web.Request]]
+) -> None:
+    await client.call("GET", "IQ/GOV/NDC/population/getCitizen", "/citizens/search?name=أحمد علي")
+    await client.call("GET", "IQ/GOV/NDC/population/getCitizen", "/citizens/a%2Fb")
+    first, second = node[1][-2:]
+    assert first.raw_path == (
+        "/r1/IQ/GOV/NDC/population/getCitizen/citizens/search"
+        "?name=%D8%A3%D8%AD%D9%85%D8%AF%20%D8%B9%D9%84%D9%8A"
+    )
+    assert second.raw_path.endswith("/citizens/a%2Fb")
+
+
+async def test_fault_without_json_body_keeps_the_header_code_and_text(
+    client: XRoadRestClient,
+) -> None:
+    with pytest.raises(FaultError) as caught:
+        await client.call("GET", "IQ/GOV/NDC/population/brokenNode")
+    assert caught.value.fault_code == "Server.ClientProxy.NetworkError"
+    assert caught.value.message == "node overloaded"
+    assert caught.value.http_status == 503
