@@ -24,7 +24,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from config.errors import ValidationError
+from config.errors import JisrError, ValidationError
 from config.settings import Settings
 from registry.admin_api import (
     CONTEXT,
@@ -170,7 +170,11 @@ async def running_registry(
     )
     store.on_change = publisher.notify_change
     # Publish once before serving, so that /globalconf/current answers from the first request.
-    await publisher.publish_if_due()
+    try:
+        await publisher.publish_if_due()
+    except JisrError as exc:
+        # Serve the last good version meanwhile; the task retries and logs on every tick.
+        log.error("global configuration not published at start-up", error=str(exc))
     task = asyncio.create_task(publisher.run(), name="globalconf-publisher")
     try:
         app = create_app(store, data_dir=data_dir, passphrase=passphrase, clock=clock)
