@@ -101,3 +101,33 @@ async def test_key_rollover_announces_then_activates(registry: Registry) -> None
         registry.key_id: "retired",
         new_key: "active",
     }
+
+
+async def test_republishes_when_interval_passed_without_change(registry: Registry) -> None:
+    clock = [dt.datetime.now(dt.UTC)]
+    publisher = registry.publisher
+    publisher.clock = lambda: clock[0]
+    first = await publisher.publish_if_due()
+    assert first is not None
+    clock[0] += dt.timedelta(seconds=59)
+    assert await publisher.publish_if_due() is None
+    clock[0] += dt.timedelta(seconds=2)
+    again = await publisher.publish_if_due()
+    assert again is not None
+    assert again.version == first.version + 1
+    assert again.previous_digest == first.digest
+
+
+async def test_signing_key_is_stored_encrypted_outside_the_database(registry: Registry) -> None:
+    (key,) = await registry.store.list_conf_keys()
+    path = registry.data_dir / "registry" / "conf-keys" / key.key_ref
+    assert key.key_ref == f"{key.key_id}.p8"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert b"BEGIN ENCRYPTED PRIVATE KEY" in path.read_bytes()
+    async with registry.pool.acquire() as conn:
+        columns = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'conf_signing_keys'"
+        )
+    assert {c["column_name"] for c in columns} >= {"key_id", "certificate", "key_ref"}
+    assert not any("private" in c["column_name"] for c in columns)
