@@ -8,6 +8,8 @@ CREATE TABLE local_clients (
         CHECK (connection_type IN ('http', 'https', 'https_cert')),
     -- SHA-256 ("sha256:<hex>") of the client TLS certificates allowed for 'https_cert'
     tls_cert_hashes text[] NOT NULL DEFAULT '{}',
+    -- the certificates themselves (DER), trusted by the client-side HTTPS listener
+    tls_certs bytea[] NOT NULL DEFAULT '{}',
     body_logging boolean NOT NULL DEFAULT true,
     created_at timestamptz NOT NULL DEFAULT now()
 );
