@@ -41,6 +41,7 @@ import json
 import re
 from typing import Any, Final, Literal
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -54,6 +55,8 @@ from gateway.globalconf import canonical_json
 from gateway.identifiers import MemberId, SecurityServerId, SubsystemId, parse_client
 from registry.errors import DuplicateError, NotFoundError, RequestRefused
 from registry.store import RegistryStore, check_address
+
+log = structlog.get_logger(__name__)
 
 #: Largest request body accepted (two signatures with chains and two OCSP responses fit).
 MAX_BODY_BYTES: Final = 256 * 1024
@@ -234,7 +237,11 @@ class ManagementService:
                 raise
             raise _refuse(exc.message) from exc
         if (await self.store.settings()).auto_approve:
-            await self.decide("auto-approve", request_id, "approve", "auto_approve is on")
+            try:
+                await self.decide("auto-approve", request_id, "approve", "auto_approve is on")
+            except JisrError as exc:
+                # The request was valid when stored; it waits for the operator instead.
+                log.warning("auto-approval failed", request=request_id, error=exc.message)
         return await self.store.get_request(request_id)
 
     async def _verify(
