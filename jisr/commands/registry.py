@@ -314,6 +314,33 @@ def export_anchor_command(ctx: click.Context, sources: tuple[str, ...], out: Pat
 # -- API client commands -------------------------------------------------------------------------
 
 
+@registry.group()
+def instance() -> None:
+    """Instance-wide settings published in the global configuration."""
+
+
+@instance.command("show")
+@click.pass_context
+def instance_show(ctx: click.Context) -> None:
+    """Show the instance settings."""
+    _echo(_api(ctx).call("GET", "/instance"))
+
+
+@instance.command("set")
+@click.option("--auto-approve/--no-auto-approve", default=None)
+@click.option("--ocsp-freshness-s", type=int, default=None)
+@click.option("--timestamping-interval-s", type=int, default=None)
+@click.option("--conf-expiry-s", type=int, default=None)
+@click.option("--conf-refresh-s", type=int, default=None)
+@click.pass_context
+def instance_set(ctx: click.Context, /, **changes: object) -> None:
+    """Change instance settings; the next configuration version carries them."""
+    body = {name: value for name, value in changes.items() if value is not None}
+    if not body:
+        raise click.UsageError("name at least one setting to change")
+    _echo(_api(ctx).call("PATCH", "/instance", body))
+
+
 @registry.group("member-class")
 def member_class() -> None:
     """Member classes (GOV, COM, ...)."""

@@ -98,6 +98,8 @@ async def test_init_serve_operate_and_export_anchor(fresh_db_url: str, tmp_path:
             {"id": "IQ/GOV/NDC", "name": "National Data Centre", "subsystems": ["population"]}
         ]
         assert json.loads(await _jisr(env, "registry", "requests", "list")) == []
+        changed = await _jisr(env, "registry", "instance", "set", "--no-auto-approve")
+        assert json.loads(changed)["auto_approve"] is False
         duplicate = await _jisr(
             env, "registry", "member", "add", "IQ/GOV/NDC", "Again", check=False
         )
