@@ -20,6 +20,7 @@ from certs.signer import Signer
 from config.settings import NodeSettings
 from gateway.globalconf import GlobalConf
 from gateway.identifiers import ClientId, MemberId, SecurityServerId, ServiceId
+from gateway.log_record import LogEntry
 from security_server.access_rights import AccessRights
 
 Clock = Callable[[], dt.datetime]
@@ -92,6 +93,25 @@ class LocalCatalogue(Protocol):
 
     @property
     def access_rights(self) -> AccessRights: ...
+
+
+class MessageLog(Protocol):
+    """The node's message log (``security_server.message_log.PostgresMessageLog``)."""
+
+    async def record(self, entry: LogEntry) -> None:
+        """Durably store one message before the exchange continues; raises
+        FaultError(...LoggingFailed) if it cannot (fail closed). Batches writes: many
+        concurrent record() calls share one database round trip, but none returns before its
+        own record is committed. The fault's prefix follows ``entry.direction``
+        (``Server.ClientProxy`` on the consumer's node, ``Server.ServerProxy`` on the
+        provider's)."""
+        ...
+
+    def check_accepting(self, now: dt.datetime, *, prefix: str = "Server.ClientProxy") -> None:
+        """Raise FaultError(Server.ClientProxy/ServerProxy.TimestampingFailed), with
+        ``prefix``, when timestamping has failed for longer than the acceptable period
+        (default 14,400 s)."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
