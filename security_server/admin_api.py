@@ -1,0 +1,451 @@
+"""The node's admin API: REST/JSON under ``/api/v1/`` on the admin port (4000).
+
+Rules:
+
+- Every route except ``GET /api/v1/openapi.json`` needs ``Authorization: Bearer <api key>``
+  (keys are made with ``jisr node api-key create``). A missing or unknown key is 401. Role
+  ``auditor`` may read (GET) only, anything else is 403; role ``operator`` may do everything.
+- Handlers are thin: parse the JSON body, call :class:`security_server.catalogue_store.
+  CatalogueStore`, answer JSON. The store writes the audit row (actor ``api:<key name>``) in
+  the same transaction as the change and refreshes the snapshot the request handlers read.
+- Errors are ``{"type": <error class>, "message": <what was wrong and what to do>}`` with the
+  error's HTTP status; unexpected exceptions are logged and answered 500 without details.
+- Client identifiers travel in bodies and query strings as full strings
+  (``IQ/GOV/NDC/population``), never in paths.
+- ``openapi.json`` beside this module documents every route; a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+import structlog
+from aiohttp import web
+from cryptography import x509
+
+from config.errors import JisrError, ValidationError
+from security_server.access_rights import GROUP_PREFIX
+from security_server.catalogue_store import CatalogueStore, service_json
+from security_server.runtime import Clock, ConfSource, utc_now
+
+log = structlog.get_logger(__name__)
+
+API_PREFIX = "/api/v1"
+MAX_BODY_BYTES = 6 * 1024 * 1024  # a WSDL or OpenAPI document may be sent inline
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AuthenticationRequired(ValidationError):
+    """No API key, or one this node does not know."""
+
+    http_status = 401
+
+
+class Forbidden(ValidationError):
+    """The API key's role does not allow this call."""
+
+    http_status = 403
+
+
+@dataclasses.dataclass(frozen=True)
+class AdminContext:
+    """What the handlers use: the catalogue, and the node's status report."""
+
+    catalogue: CatalogueStore
+    status: Callable[[], dict[str, Any]]
+    conf: ConfSource | None = None
+    clock: Clock = utc_now
+
+
+CONTEXT = web.AppKey("node_admin_context", AdminContext)
+_KEY = web.RequestKey("node_admin_api_key", str)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except JisrError as exc:
+        return web.json_response(
+            {"type": type(exc).__name__, "message": exc.message}, status=exc.http_status
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response(
+            {"type": "HttpError", "message": exc.reason}, status=exc.status, headers=exc.headers
+        )
+    except Exception:
+        log.exception("node admin API request failed", path=request.path, method=request.method)
+        return web.json_response(
+            {"type": "InternalError", "message": "internal error; see the node's log"},
+            status=500,
+        )
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == f"{API_PREFIX}/openapi.json":
+        return await handler(request)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationRequired(
+            "this admin API call needs an API key: send 'Authorization: Bearer <key>' (create "
+            "one with `jisr node api-key create --role operator`)"
+        )
+    found = await request.app[CONTEXT].catalogue.authenticate(token.strip())
+    if found is None:
+        raise AuthenticationRequired("the API key is unknown or revoked; ask an operator for one")
+    name, role = found
+    if request.method not in ("GET", "HEAD") and role != "operator":
+        raise Forbidden(
+            f"API key {name!r} has role {role}, which may only read; changes need an operator key"
+        )
+    request[_KEY] = name
+    return await handler(request)
+
+
+def _actor(request: web.Request) -> str:
+    return f"api:{request[_KEY]}"
+
+
+def _store(request: web.Request) -> CatalogueStore:
+    return request.app[CONTEXT].catalogue
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ValidationError(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ValidationError(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(raw or b"{}")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValidationError(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValidationError("the request body must be a JSON object")
+    return data
+
+
+def _str(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"field {name!r} is required and must be a non-empty string")
+    return value
+
+
+def _opt_str(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ValidationError(f"field {name!r} must be a string")
+    return value or None
+
+
+def _opt_int(data: dict[str, Any], name: str) -> int | None:
+    value = data.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValidationError(f"field {name!r} must be an integer")
+    return value
+
+
+def _opt_bool(data: dict[str, Any], name: str) -> bool | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise ValidationError(f"field {name!r} must be true or false")
+    return value
+
+
+def _query(request: web.Request, name: str) -> str | None:
+    return request.query.get(name) or None
+
+
+def _int_path(request: web.Request, name: str) -> int:
+    text = request.match_info[name]
+    if not text.isdigit() or len(text) > 9:
+        raise ValidationError(f"{name} {text!r} is not a number")
+    return int(text)
+
+
+def _certificates(data: dict[str, Any]) -> list[x509.Certificate] | None:
+    value = data.get("tls_certificates")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationError("tls_certificates must be a list of PEM or base64 DER strings")
+    certs = []
+    for text in value:
+        try:
+            if "-----BEGIN" in text:
+                certs.append(x509.load_pem_x509_certificate(text.encode()))
+            else:
+                certs.append(x509.load_der_x509_certificate(base64.b64decode(text, validate=True)))
+        except (ValueError, binascii.Error) as exc:
+            raise ValidationError(f"a TLS certificate does not parse: {exc}") from exc
+    return certs
+
+
+def _ok(data: object, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+async def get_status(request: web.Request) -> web.Response:
+    return _ok(request.app[CONTEXT].status())
+
+
+# -- clients ---------------------------------------------------------------------------------
+
+
+async def list_clients(request: web.Request) -> web.Response:
+    return _ok(_store(request).list_clients())
+
+
+async def add_client(request: web.Request) -> web.Response:
+    data = await _body(request)
+    client = await _store(request).add_client(
+        _actor(request),
+        _str(data, "client_id"),
+        connection_type=_opt_str(data, "connection_type") or "http",
+        tls_certs=_certificates(data) or (),
+    )
+    return _ok({"client_id": str(client.client_id)}, 201)
+
+
+async def update_client(request: web.Request) -> web.Response:
+    data = await _body(request)
+    client = await _store(request).set_connection_type(
+        _actor(request),
+        _str(data, "client_id"),
+        _str(data, "connection_type"),
+        _certificates(data),
+    )
+    return _ok({"client_id": str(client.client_id), "connection_type": client.connection_type})
+
+
+async def remove_client(request: web.Request) -> web.Response:
+    client_id = _query(request, "client_id")
+    if client_id is None:
+        raise ValidationError("give the client to remove as ?client_id=INSTANCE/CLASS/CODE/SUB")
+    await _store(request).remove_client(_actor(request), client_id)
+    return web.Response(status=204)
+
+
+# -- service descriptions --------------------------------------------------------------------
+
+
+async def list_descriptions(request: web.Request) -> web.Response:
+    return _ok(await _store(request).list_descriptions(_query(request, "provider")))
+
+
+async def add_description(request: web.Request) -> web.Response:
+    data = await _body(request)
+    store, actor = _store(request), _actor(request)
+    provider = _str(data, "provider")
+    kind = _str(data, "kind")
+    url = _opt_str(data, "url")
+    text = _opt_str(data, "document")
+    document = text.encode("utf-8") if text is not None else None
+    address = _opt_str(data, "address")
+    if kind == "wsdl":
+        description_id = await store.add_wsdl(
+            actor, provider, url=url, document=document, address=address
+        )
+    elif kind == "openapi":
+        description_id = await store.add_openapi(
+            actor,
+            provider,
+            _str(data, "service_code"),
+            url=url,
+            document=document,
+            address=address,
+        )
+    elif kind == "rest":
+        if url is None:
+            raise ValidationError("a REST service description needs its base URL in 'url'")
+        description_id = await store.add_rest(actor, provider, _str(data, "service_code"), url)
+    else:
+        raise ValidationError(f"kind {kind!r} is unknown; use wsdl, openapi or rest")
+    return _ok({"id": description_id}, 201)
+
+
+async def remove_description(request: web.Request) -> web.Response:
+    await _store(request).remove_description(_actor(request), _int_path(request, "id"))
+    return web.Response(status=204)
+
+
+async def enable_description(request: web.Request) -> web.Response:
+    await _store(request).set_enabled(_actor(request), _int_path(request, "id"), True)
+    return web.Response(status=204)
+
+
+async def disable_description(request: web.Request) -> web.Response:
+    data = await _body(request)
+    notice = _opt_str(data, "notice") or ""
+    await _store(request).set_enabled(_actor(request), _int_path(request, "id"), False, notice)
+    return web.Response(status=204)
+
+
+# -- services --------------------------------------------------------------------------------
+
+
+async def list_services(request: web.Request) -> web.Response:
+    return _ok(_store(request).list_services(_query(request, "provider")))
+
+
+async def update_service(request: web.Request) -> web.Response:
+    data = await _body(request)
+    service = await _store(request).update_service(
+        _actor(request),
+        _str(data, "provider"),
+        _str(data, "service_code"),
+        address=_opt_str(data, "address"),
+        timeout_s=_opt_int(data, "timeout_s"),
+        tls_verify=_opt_bool(data, "tls_verify"),
+    )
+    return _ok(service_json(service))
+
+
+async def _set_service_enabled(request: web.Request, enabled: bool) -> web.Response:
+    data = await _body(request)
+    store = _store(request)
+    description_id = await store.description_of(_str(data, "provider"), _str(data, "service_code"))
+    notice = "" if enabled else (_opt_str(data, "notice") or "")
+    await store.set_enabled(_actor(request), description_id, enabled, notice)
+    return web.Response(status=204)
+
+
+async def enable_service(request: web.Request) -> web.Response:
+    return await _set_service_enabled(request, True)
+
+
+async def disable_service(request: web.Request) -> web.Response:
+    return await _set_service_enabled(request, False)
+
+
+# -- access rights ---------------------------------------------------------------------------
+
+
+async def list_rights(request: web.Request) -> web.Response:
+    return _ok(
+        await _store(request).list_rights(
+            _query(request, "provider"), _query(request, "service_code")
+        )
+    )
+
+
+async def grant_right(request: web.Request) -> web.Response:
+    data = await _body(request)
+    subject = _str(data, "subject")
+    ctx = request.app[CONTEXT]
+    if subject.startswith(GROUP_PREFIX) and ctx.conf is not None:
+        code = subject[len(GROUP_PREFIX) :]
+        try:
+            conf = ctx.conf.current(ctx.clock())
+        except JisrError:
+            conf = None
+        if conf is not None and not conf.has_group(code):
+            raise ValidationError(
+                f"global group {code!r} does not exist in the global configuration; ask the "
+                "registry operator to create it, or check the spelling"
+            )
+    right_id = await ctx.catalogue.grant(
+        _actor(request),
+        _str(data, "provider"),
+        _str(data, "service_code"),
+        subject,
+        method=_opt_str(data, "method"),
+        path=_opt_str(data, "path"),
+    )
+    return _ok({"id": right_id}, 201)
+
+
+async def revoke_right(request: web.Request) -> web.Response:
+    await _store(request).revoke_by_id(_actor(request), _int_path(request, "id"))
+    return web.Response(status=204)
+
+
+# -- API keys and audit ----------------------------------------------------------------------
+
+
+async def list_api_keys(request: web.Request) -> web.Response:
+    return _ok(await _store(request).list_api_keys())
+
+
+async def create_api_key(request: web.Request) -> web.Response:
+    data = await _body(request)
+    name, role = _str(data, "name"), _str(data, "role")
+    key = await _store(request).create_api_key(_actor(request), name, role)
+    return _ok({"name": name, "role": role, "key": key}, 201)
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    await _store(request).revoke_api_key(_actor(request), request.match_info["name"])
+    return web.Response(status=204)
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    text = request.query.get("limit", "100")
+    if not text.isdigit():
+        raise ValidationError("limit must be a number")
+    return _ok(await _store(request).audit(int(text)))
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------
+
+
+def openapi_document() -> dict[str, Any]:
+    text = resources.files("security_server").joinpath("admin_openapi.json").read_text("utf-8")
+    document: dict[str, Any] = json.loads(text)
+    return document
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return _ok(openapi_document())
+
+
+#: (method, path under /api/v1, handler): the whole admin API.
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/openapi.json", get_openapi),
+    ("GET", "/status", get_status),
+    ("GET", "/clients", list_clients),
+    ("POST", "/clients", add_client),
+    ("PATCH", "/clients", update_client),
+    ("DELETE", "/clients", remove_client),
+    ("GET", "/service-descriptions", list_descriptions),
+    ("POST", "/service-descriptions", add_description),
+    ("DELETE", "/service-descriptions/{id}", remove_description),
+    ("POST", "/service-descriptions/{id}/enable", enable_description),
+    ("POST", "/service-descriptions/{id}/disable", disable_description),
+    ("GET", "/services", list_services),
+    ("PATCH", "/services", update_service),
+    ("POST", "/services/enable", enable_service),
+    ("POST", "/services/disable", disable_service),
+    ("GET", "/access-rights", list_rights),
+    ("POST", "/access-rights", grant_right),
+    ("DELETE", "/access-rights/{id}", revoke_right),
+    ("GET", "/api-keys", list_api_keys),
+    ("POST", "/api-keys", create_api_key),
+    ("DELETE", "/api-keys/{name}", revoke_api_key),
+    ("GET", "/audit-log", list_audit),
+]
+
+
+def admin_app(context: AdminContext) -> web.Application:
+    """The admin application; the node serves it on its admin port."""
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
+    )
+    app[CONTEXT] = context
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, API_PREFIX + path, handler)
+    return app
