@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import ssl
 import time
 from collections.abc import Iterable, Sequence
@@ -215,7 +216,8 @@ class TransportClient:
                 ctx = self._pinned_context(server)
                 async with self._node_session().post(
                     url,
-                    data=data,
+                    # A file-like body: aiohttp warns about (and blocks on) large raw bytes.
+                    data=io.BytesIO(data),
                     headers={"Content-Type": CONTENT_TYPE},
                     ssl=ctx,
                     timeout=timeout,
@@ -280,7 +282,7 @@ class TransportClient:
         timeout = aiohttp.ClientTimeout(
             total=timeout_s, sock_connect=min(timeout_s, settings.connect_timeout_s)
         )
-        data: bytes | None = body
+        data: io.BytesIO | None = io.BytesIO(body)
         if not body and method in _READ_METHODS_WITHOUT_BODY:
             data = None
         ssl_arg: ssl.SSLContext | bool = (

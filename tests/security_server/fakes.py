@@ -13,11 +13,14 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import io
 import socket
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -42,12 +45,14 @@ from gateway.globalconf import (
 from gateway.globalconf import OcspResponder as ConfOcspResponder
 from gateway.identifiers import ClientId, MemberId, SecurityServerId, ServiceId, SubsystemId
 from gateway.multipart import Part, build_multipart, parse_multipart
+from gateway.soap import build_request as build_soap_request
 from gateway.soap import build_response, parse_soap_request
+from gateway.soap_fault import parse_soap_fault
 from security_server.access_rights import AccessRight, AccessRights
 from security_server.client_proxy import client_proxy_app
 from security_server.runtime import LocalClient, LocalService, NodeRuntime, TlsFiles
 from security_server.server_proxy import server_proxy_app
-from security_server.tls import server_context
+from security_server.tls import pinned_client_context, server_context
 from security_server.transport_client import TransportClient
 from tests.pki_factory import FixturePki, Issued
 from trust_services.http_server import serve_app
@@ -66,6 +71,7 @@ CONSUMER_NODE = SecurityServerId("IQ", "GOV", "HJC", "ss1")
 PROVIDER_NODE = SecurityServerId("IQ", "GOV", "NDC", "ss1")
 
 PROVIDER_NS = "http://ndc.gov.iq/population"
+CITIZEN_PATH = "/r1/IQ/GOV/NDC/population/getCitizen"
 
 WSDL = f"""<?xml version="1.0" encoding="UTF-8"?>
 <wsdl:definitions xmlns:wsdl="http://schemas.xmlsoap.org/wsdl/"
@@ -78,6 +84,10 @@ WSDL = f"""<?xml version="1.0" encoding="UTF-8"?>
 """.encode()
 
 OPENAPI = b'{"openapi":"3.0.0","info":{"title":"citizens","version":"1"},"paths":{}}'
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 class Clock:
@@ -212,6 +222,7 @@ def provider_is_app(seen: list[SeenRequest]) -> web.Application:
         return web.Response(body=b"<not-soap", content_type="text/xml")
 
     app = web.Application()
+    app.router.add_route("*", "/rest", rest)
     app.router.add_route("*", "/rest/{tail:.*}", rest)
     app.router.add_post("/soap", soap)
     app.router.add_route("*", "/slow/{tail:.*}", slow)
@@ -285,8 +296,6 @@ class Network:
         self, auth: Issued | None = None, tmp: Path | None = None
     ) -> ssl.SSLContext:
         """A context to talk to the provider node directly, as the consumer node (or another)."""
-        from security_server.tls import pinned_client_context
-
         tls = self.consumer_tls
         if auth is not None:
             assert tmp is not None
@@ -468,3 +477,80 @@ async def two_nodes(tmp_path: Path, *, max_body_bytes: int = 1024 * 1024) -> Asy
         finally:
             await consumer_transport.close()
             await provider_transport.close()
+
+
+# ---- calling the consumer node --------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def error(self) -> str | None:
+        """The fault code of a REST error (``X-Road-Error``)."""
+        return self.headers.get("X-Road-Error")
+
+    @property
+    def fault_code(self) -> str | None:
+        """The ``faultcode`` of a SOAP Fault answer."""
+        fault = parse_soap_fault(self.body)
+        return None if fault is None else fault.fault_code
+
+
+async def call(
+    url: str,
+    method: str = "GET",
+    *,
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+) -> Reply:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, url, headers=headers, data=None if data is None else io.BytesIO(data)
+        ) as response,
+    ):
+        body = await response.read()
+        return Reply(response.status, dict(response.headers), body)
+
+
+async def rest(
+    net: Network,
+    path: str,
+    method: str = "GET",
+    *,
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+) -> Reply:
+    """A REST call to the consumer node as ``CONSUMER`` (unless ``headers`` say otherwise)."""
+    sent = {"X-Road-Client": str(CONSUMER), **(headers or {})}
+    return await call(net.client_url + path, method, headers=sent, data=data)
+
+
+async def soap(net: Network, body: bytes, content_type: str = "text/xml; charset=utf-8") -> Reply:
+    return await call(
+        net.client_url + "/", "POST", headers={"Content-Type": content_type}, data=body
+    )
+
+
+def soap_request(
+    code: str = "getPerson", message_id: str = "soap-1", *, client: ClientId = CONSUMER
+) -> bytes:
+    return build_soap_request(
+        client,
+        ServiceId.for_client(PROVIDER, code),
+        id=message_id,
+        user_id="IQ1234",
+        body_element_xml=f'<p:{code} xmlns:p="{PROVIDER_NS}"><id>7</id></p:{code}>',
+    )
+
+
+async def assert_still_serving(net: Network) -> None:
+    """The node answers a good REST and a good SOAP call after whatever the test did."""
+    reply = await rest(net, "/r1/IQ/GOV/NDC/population/getCitizen/citizens/1")
+    assert reply.status == 200, reply
+    reply = await soap(net, soap_request(message_id=str(uuid.uuid4())))
+    assert reply.status == 200, reply

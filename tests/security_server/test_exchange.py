@@ -36,16 +36,19 @@ def soap_request(code: str = "getPerson", message_id: str = "soap-1") -> bytes:
 
 
 async def test_rest_get_round_trip_carries_path_query_and_headers(net: Network) -> None:
-    async with aiohttp.ClientSession() as session, session.get(
-        f"{net.client_url}{CITIZEN}/citizens/42?lang=ar",
-        headers={
-            "X-Road-Client": str(CONSUMER),
-            "X-Road-Id": "rest-1",
-            "X-Road-UserId": "IQ1234",
-            "X-Custom": "kept",
-            "Accept": "application/json",
-        },
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{net.client_url}{CITIZEN}/citizens/42?lang=ar",
+            headers={
+                "X-Road-Client": str(CONSUMER),
+                "X-Road-Id": "rest-1",
+                "X-Road-UserId": "IQ1234",
+                "X-Custom": "kept",
+                "Accept": "application/json",
+            },
+        ) as response,
+    ):
         body = await response.json()
         assert response.status == 200, body
         headers = response.headers
@@ -63,11 +66,14 @@ async def test_rest_get_round_trip_carries_path_query_and_headers(net: Network) 
 
 
 async def test_rest_post_round_trip_returns_provider_status_and_body(net: Network) -> None:
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{net.client_url}{CITIZEN}/citizens",
-        data=b'{"name":"\xd8\xb9\xd9\x84\xd9\x8a"}',
-        headers={"X-Road-Client": str(CONSUMER), "Content-Type": "application/json"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{net.client_url}{CITIZEN}/citizens",
+            data=b'{"name":"\xd8\xb9\xd9\x84\xd9\x8a"}',
+            headers={"X-Road-Client": str(CONSUMER), "Content-Type": "application/json"},
+        ) as response,
+    ):
         body = await response.json()
         assert response.status == 201, body
     assert body["method"] == "POST"
@@ -77,11 +83,14 @@ async def test_rest_post_round_trip_returns_provider_status_and_body(net: Networ
 
 async def test_soap_round_trip_adds_request_hash(net: Network) -> None:
     request = soap_request()
-    async with aiohttp.ClientSession() as session, session.post(
-        net.client_url + "/",
-        data=request,
-        headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            net.client_url + "/",
+            data=request,
+            headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'},
+        ) as response,
+    ):
         body = await response.read()
         assert response.status == 200, body
         content_type = response.headers["Content-Type"]
@@ -99,9 +108,12 @@ async def test_soap_with_attachment_arrives_and_returns_byte_identical(net: Netw
     )
     soap = Part((("Content-Type", "text/xml; charset=UTF-8"),), soap_request(message_id="att-1"))
     body, content_type = build_multipart(soap, [attachment])
-    async with aiohttp.ClientSession() as session, session.post(
-        net.client_url + "/", data=body, headers={"Content-Type": content_type}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            net.client_url + "/", data=body, headers={"Content-Type": content_type}
+        ) as response,
+    ):
         answer = await response.read()
         assert response.status == 200, answer
         answer_type = response.headers["Content-Type"]

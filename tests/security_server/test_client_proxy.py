@@ -1,0 +1,234 @@
+"""The consumer node refuses bad calls with X-Road's fault codes and keeps serving."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from certs.status import CertStatus
+from gateway.identifiers import SubsystemId
+from tests.security_server.fakes import (
+    CITIZEN_PATH,
+    NDC,
+    Network,
+    assert_still_serving,
+    der,
+    rest,
+    soap,
+    soap_request,
+    two_nodes,
+)
+
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture
+async def net(tmp_path: Path) -> AsyncIterator[Network]:
+    async with two_nodes(tmp_path, max_body_bytes=MAX_BODY) as network:
+        yield network
+
+
+def _replace(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert old in data
+    return data.replace(old, new, 1)
+
+
+# ---- SOAP messages the client got wrong ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"<SOAP-ENV:Envelope", "Client.InvalidSoap"),
+        (
+            b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 '
+            b'"&lol;&lol;&lol;">]><x>&lol2;</x>',
+            "Client.InvalidXml",
+        ),
+        (
+            b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+            b"<x>&xxe;</x>",
+            "Client.InvalidXml",
+        ),
+    ],
+    ids=["malformed", "entity-bomb", "external-entity"],
+)
+async def test_refuses_unsafe_or_malformed_xml(net: Network, body: bytes, code: str) -> None:
+    reply = await soap(net, body)
+    assert reply.status == 500
+    assert reply.fault_code == code
+    assert not net.seen
+    await assert_still_serving(net)
+
+
+async def test_refuses_soap_without_client_header(net: Network) -> None:
+    request = soap_request()
+    start = request.index(b"<xrd:client")
+    end = request.index(b"</xrd:client>") + len(b"</xrd:client>")
+    reply = await soap(net, request[:start] + request[end:])
+    assert reply.fault_code == "Client.MissingHeaderField"
+    await assert_still_serving(net)
+
+
+async def test_refuses_soap_with_duplicated_header(net: Network) -> None:
+    request = soap_request()
+    reply = await soap(net, _replace(request, b"<xrd:id>", b"<xrd:id>twice</xrd:id><xrd:id>"))
+    assert reply.fault_code == "Client.DuplicateHeaderField"
+    await assert_still_serving(net)
+
+
+async def test_refuses_wrong_soap_protocol_version(net: Network) -> None:
+    request = soap_request()
+    reply = await soap(net, _replace(request, b">4.0<", b">3.1<"))
+    assert reply.fault_code == "Client.InvalidProtocolVersion"
+    await assert_still_serving(net)
+
+
+async def test_refuses_wrong_rest_protocol_version(net: Network) -> None:
+    reply = await rest(net, "/r2/IQ/GOV/NDC/population/getCitizen")
+    assert reply.status == 400
+    assert reply.error == "Client.InvalidProtocolVersion"
+    assert json.loads(reply.body)["type"] == "Client.InvalidProtocolVersion"
+    await assert_still_serving(net)
+
+
+async def test_refuses_illegal_identifier_characters(net: Network) -> None:
+    reply = await rest(net, CITIZEN_PATH, headers={"X-Road-Client": "IQ/GOV/HJC/in%20heritance"})
+    assert reply.error == "Client.InvalidClientIdentifier"
+    request = _replace(soap_request(), b">inheritance<", b">in heritance!<")
+    assert (await soap(net, request)).fault_code == "Client.InvalidClientIdentifier"
+    await assert_still_serving(net)
+
+
+async def test_refuses_body_over_the_size_limit(net: Network) -> None:
+    reply = await rest(net, CITIZEN_PATH, "POST", data=b"x" * (MAX_BODY + 1))
+    assert reply.status == 413
+    assert reply.error == "Client.RequestTooLarge"
+    reply = await soap(net, soap_request().replace(b"<id>7</id>", b"x" * MAX_BODY))
+    assert reply.fault_code == "Client.RequestTooLarge"
+    await assert_still_serving(net)
+
+
+# ---- who may call, and where to ---------------------------------------------------------------
+
+
+async def test_refuses_client_not_registered_on_this_node(net: Network) -> None:
+    reply = await rest(net, CITIZEN_PATH, headers={"X-Road-Client": "IQ/GOV/NDC/population"})
+    assert reply.status == 500
+    assert reply.error == "Server.ClientProxy.UnknownMember"
+    request = soap_request(client=SubsystemId("IQ", "GOV", "NDC", "population"))
+    assert (await soap(net, request)).fault_code == "Server.ClientProxy.UnknownMember"
+    await assert_still_serving(net)
+
+
+async def test_refuses_provider_no_node_serves(net: Network) -> None:
+    reply = await rest(net, "/r1/IQ/GOV/MOH/forensic/getDeathRecord")
+    assert reply.error == "Server.ClientProxy.UnknownMember"
+    await assert_still_serving(net)
+
+
+async def test_refuses_security_server_that_does_not_serve_the_provider(net: Network) -> None:
+    reply = await rest(net, CITIZEN_PATH, headers={"X-Road-Security-Server": "IQ/GOV/HJC/ss1"})
+    assert reply.error == "Client.InvalidSecurityServer"
+    reply = await rest(net, CITIZEN_PATH, headers={"X-Road-Security-Server": "IQ/GOV/NDC/ss1"})
+    assert reply.status == 200
+
+
+async def test_refuses_https_client_on_plain_http(net: Network) -> None:
+    reply = await rest(net, CITIZEN_PATH, headers={"X-Road-Client": "IQ/GOV/HJC/courts"})
+    assert reply.error == "Server.ClientProxy.SslAuthenticationFailed"
+    await assert_still_serving(net)
+
+
+async def test_refuses_to_exchange_with_outdated_global_configuration(net: Network) -> None:
+    net.consumer_conf.outdated = True
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ClientProxy.OutdatedGlobalConf"
+    assert (await soap(net, soap_request())).fault_code == "Server.ClientProxy.OutdatedGlobalConf"
+    net.consumer_conf.outdated = False
+    await assert_still_serving(net)
+
+
+async def test_provider_node_with_outdated_configuration_refuses(net: Network) -> None:
+    net.provider_conf.outdated = True
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ServerProxy.OutdatedGlobalConf"
+    net.provider_conf.outdated = False
+    await assert_still_serving(net)
+
+
+# ---- what the provider's node answered ---------------------------------------------------------
+
+
+async def test_unknown_service_is_reported_by_the_provider_node(net: Network) -> None:
+    reply = await rest(net, "/r1/IQ/GOV/NDC/population/noSuchService")
+    assert reply.status == 500
+    assert reply.error == "Server.ServerProxy.UnknownService"
+    assert json.loads(reply.body)["type"] == "Server.ServerProxy.UnknownService"
+    reply = await soap(net, soap_request("noSuchService"))
+    assert reply.fault_code == "Server.ServerProxy.UnknownService"
+    await assert_still_serving(net)
+
+
+async def test_access_denied_without_a_right(net: Network) -> None:
+    reply = await rest(net, "/r1/IQ/GOV/NDC/population/secretService/x")
+    assert reply.error == "Server.ServerProxy.AccessDenied"
+    reply = await rest(net, "/r1/IQ/GOV/NDC/population/getOpenCitizen/other/1")
+    assert reply.error == "Server.ServerProxy.AccessDenied"
+    reply = await rest(net, "/r1/IQ/GOV/NDC/population/getOpenCitizen/citizens/1")
+    assert reply.status == 200
+    await assert_still_serving(net)
+
+
+async def test_disabled_service_answers_with_its_notice(net: Network) -> None:
+    reply = await rest(net, "/r1/IQ/GOV/NDC/population/closedService")
+    assert reply.error == "Server.ServerProxy.ServiceDisabled"
+    assert "until Sunday" in json.loads(reply.body)["message"]
+    await assert_still_serving(net)
+
+
+async def test_provider_timeout_is_service_failed(net: Network) -> None:
+    reply = await rest(net, "/r1/IQ/GOV/NDC/population/slowService")
+    assert reply.error == "Server.ServerProxy.ServiceFailed.IOError"
+    await assert_still_serving(net)
+
+
+async def test_unreachable_provider_is_network_error(net: Network) -> None:
+    reply = await rest(net, "/r1/IQ/GOV/NDC/population/refusedService")
+    assert reply.error == "Server.ServerProxy.ServiceFailed.NetworkError"
+    await assert_still_serving(net)
+
+
+async def test_provider_answering_garbage_is_invalid_soap(net: Network) -> None:
+    reply = await soap(net, soap_request("garbageSoap"))
+    assert reply.fault_code == "Server.ServerProxy.InvalidSoap"
+    await assert_still_serving(net)
+
+
+async def test_refuses_provider_whose_signing_certificate_is_revoked(net: Network) -> None:
+    cert = net.provider_signers.signers[NDC].certificate
+    net.statuses[cert.serial_number] = CertStatus(
+        "revoked", revoked_at=net.clock.now - dt.timedelta(hours=1), reason="key_compromise"
+    )
+    net.provider_signers.ocsp[der(cert)] = net.ocsp_response(cert)
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ClientProxy.CertValidation"
+    assert "revoked" in json.loads(reply.body)["message"]
+    del net.statuses[cert.serial_number]
+    net.provider_signers.ocsp[der(cert)] = net.ocsp_response(cert)
+    await assert_still_serving(net)
+
+
+async def test_refuses_provider_whose_ocsp_response_is_stale(net: Network) -> None:
+    net.clock.now += dt.timedelta(hours=2)
+    try:
+        reply = await rest(net, CITIZEN_PATH)
+        # the consumer's own stapled response is stale too: the provider node refuses first
+        assert reply.error == "Server.ServerProxy.CertValidation"
+    finally:
+        net.clock.now -= dt.timedelta(hours=2)
+    await assert_still_serving(net)
