@@ -9,6 +9,8 @@ temporary directory; set ``JISR_TEST_DATABASE_URL`` (e.g.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,18 +22,22 @@ from storage.embedded import EmbeddedPostgres, database_url
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     """URL of a PostgreSQL server's maintenance database, for the whole test session."""
     configured = os.environ.get("JISR_TEST_DATABASE_URL")
     if configured:
         yield configured
         return
-    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    # Not under pytest's own temporary root: pytest prunes old roots when another run starts,
+    # which would delete a running server's files.
+    directory = Path(tempfile.mkdtemp(prefix="jisr-test-pg-"))
+    embedded = EmbeddedPostgres(directory)
     url = embedded.start()
     try:
         yield url
     finally:
         embedded.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
