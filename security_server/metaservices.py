@@ -94,6 +94,16 @@ def _allowed(
     )
 
 
+def _may_call_some_of(
+    catalogue: LocalCatalogue, conf: GlobalConf, client: ClientId, service: ServiceId
+) -> bool:
+    """Whether ``client`` has a right to the whole service or to one of its endpoints."""
+    codes = catalogue.access_rights.allowed_services(
+        client, service.provider, is_in_group=conf.is_in_group
+    )
+    return service.service_code in codes
+
+
 def _rest_services(
     catalogue: LocalCatalogue,
     conf: GlobalConf,
@@ -140,7 +150,7 @@ def answer_rest(part: RequestPart, catalogue: LocalCatalogue, conf: GlobalConf) 
         return 200, (("Content-Type", content_type),), body
     wanted = _query_service_code(part.query)
     service = _described(catalogue, ServiceId.for_client(provider, wanted), "openapi")
-    if not _allowed(catalogue, conf, part.client, service.service_id):
+    if not _may_call_some_of(catalogue, conf, part.client, service.service_id):
         raise server_proxy_fault(
             "AccessDenied",
             f"{part.client} may not call {service.service_id}, so its description is not shown",
@@ -244,7 +254,7 @@ def _get_wsdl(
             "Client.InvalidBody", f"getWsdl names an invalid service: {exc.message}"
         ) from exc
     service = _described(catalogue, service_id, "wsdl")
-    if not _allowed(catalogue, conf, request.client, service.service_id):
+    if not _may_call_some_of(catalogue, conf, request.client, service.service_id):
         raise server_proxy_fault(
             "AccessDenied",
             f"{request.client} may not call {service.service_id}, so its WSDL is not shown",

@@ -24,9 +24,11 @@ import aiohttp
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from lxml import etree
 
 from certs.ocsp import OcspResponder, build_request
+from certs.profiles import cert_sha256
 from certs.signer import SoftwareSigner
 from certs.status import CertStatus
 from config.settings import NodeSettings
@@ -34,6 +36,7 @@ from gateway.faults import client_proxy_fault
 from gateway.globalconf import (
     ApprovedCa,
     GlobalConf,
+    GlobalGroup,
     GlobalSettings,
     Member,
     MemberClass,
@@ -66,6 +69,7 @@ HJC = MemberId("IQ", "GOV", "HJC")
 NDC = MemberId("IQ", "GOV", "NDC")
 CONSUMER = SubsystemId("IQ", "GOV", "HJC", "inheritance")
 HTTPS_ONLY = SubsystemId("IQ", "GOV", "HJC", "courts")
+CERT_ONLY = SubsystemId("IQ", "GOV", "HJC", "archive")
 PROVIDER = SubsystemId("IQ", "GOV", "NDC", "population")
 CONSUMER_NODE = SecurityServerId("IQ", "GOV", "HJC", "ss1")
 PROVIDER_NODE = SecurityServerId("IQ", "GOV", "NDC", "ss1")
@@ -277,6 +281,8 @@ class Network:
     provider_auth: Issued
     consumer_tls: TlsFiles
     client_url: str = ""
+    client_https_url: str = ""
+    is_cert: Issued | None = None
     provider_node_url: str = ""
     provider_is_url: str = ""
     seen: list[SeenRequest] = dataclasses.field(default_factory=list)
@@ -291,6 +297,17 @@ class Network:
         signers.signers[member] = SoftwareSigner(issued.key, issued.cert)
         der = issued.cert.public_bytes(serialization.Encoding.DER)
         signers.ocsp[der] = self.ocsp_response(issued.cert)
+
+    def is_https_context(self, tmp: Path, *, with_cert: bool) -> ssl.SSLContext:
+        """A context for an information system calling the node's HTTPS port."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(cadata=self.pki.root.pem.decode())
+        if with_cert:
+            assert self.is_cert is not None
+            cert_file, key_file = self.is_cert.write(tmp, "is-client")
+            ctx.load_cert_chain(cert_file, key_file)
+        return ctx
 
     def node_client_context(
         self, auth: Issued | None = None, tmp: Path | None = None
@@ -326,12 +343,15 @@ def _conf(
         GlobalSettings(),
         [MemberClass("GOV", "government")],
         [
-            Member(HJC, "Higher Judicial Council", (CONSUMER, HTTPS_ONLY)),
+            Member(HJC, "Higher Judicial Council", (CONSUMER, HTTPS_ONLY, CERT_ONLY)),
             Member(NDC, "National Data Centre", (PROVIDER,)),
         ],
         [
             SecurityServer(
-                CONSUMER_NODE, "127.0.0.1:1", (consumer_auth.cert,), (CONSUMER, HTTPS_ONLY)
+                CONSUMER_NODE,
+                "127.0.0.1:1",
+                (consumer_auth.cert,),
+                (CONSUMER, HTTPS_ONLY, CERT_ONLY),
             ),
             SecurityServer(
                 PROVIDER_NODE, f"127.0.0.1:{provider_port}", (provider_auth.cert,), (PROVIDER,)
@@ -346,7 +366,7 @@ def _conf(
             )
         ],
         [],
-        [],
+        [GlobalGroup("justice", "courts and archives", (HTTPS_ONLY, CERT_ONLY))],
         [SigningKey(pki.issue("conf signer").cert)],
     )
 
@@ -409,8 +429,18 @@ async def two_nodes(tmp_path: Path, *, max_body_bytes: int = 1024 * 1024) -> Asy
         rights.append(
             (PROVIDER, AccessRight("getOpenCitizen", str(CONSUMER), "GET", "/citizens/*"))
         )
+        rights.append((PROVIDER, AccessRight("getCitizen", "group:justice")))
+        is_cert = pki.issue("HJC archive system", eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
         consumer_catalogue = FakeCatalogue(
-            [LocalClient(CONSUMER), LocalClient(HTTPS_ONLY, connection_type="https")]
+            [
+                LocalClient(CONSUMER),
+                LocalClient(HTTPS_ONLY, connection_type="https"),
+                LocalClient(
+                    CERT_ONLY,
+                    connection_type="https_cert",
+                    tls_cert_hashes=frozenset({cert_sha256(is_cert.cert)}),
+                ),
+            ]
         )
         provider_catalogue = FakeCatalogue([LocalClient(PROVIDER)], services, rights)
         consumer_runtime = NodeRuntime(
@@ -450,6 +480,7 @@ async def two_nodes(tmp_path: Path, *, max_body_bytes: int = 1024 * 1024) -> Asy
             seen=seen,
         )
         net.provider_is_url = is_url
+        net.is_cert = is_cert
         net.install_signer(consumer_signers, HJC, pki.signing(str(HJC)))
         net.install_signer(provider_signers, NDC, pki.signing(str(NDC)))
         consumer_transport = TransportClient(consumer_runtime)
@@ -461,15 +492,24 @@ async def two_nodes(tmp_path: Path, *, max_body_bytes: int = 1024 * 1024) -> Asy
             client_roots=[pki.root.cert],
             require_client_cert=True,
         )
+        client_side_ctx = server_context(
+            consumer_tls.cert_file,
+            consumer_tls.key_file,
+            password=PASSPHRASE,
+            client_roots=[pki.root.cert],
+        )
+        client_app = client_proxy_app(consumer_runtime, transport=consumer_transport)
         try:
             async with (
                 serve_app(
                     server_proxy_app(provider_runtime, transport=provider_transport),
                     ssl_context=sctx,
                 ) as node_url,
-                serve_app(client_proxy_app(consumer_runtime, transport=consumer_transport)) as url,
+                serve_app(client_app) as url,
+                serve_app(client_app, ssl_context=client_side_ctx) as https_url,
             ):
                 net.client_url = url
+                net.client_https_url = https_url
                 net.provider_node_url = node_url
                 conf = _conf(pki, responder_cert, consumer_auth, provider_auth, _port(node_url))
                 consumer_conf.conf = provider_conf.conf = conf
@@ -506,11 +546,16 @@ async def call(
     *,
     headers: dict[str, str] | None = None,
     data: bytes | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Reply:
     async with (
         aiohttp.ClientSession() as session,
         session.request(
-            method, url, headers=headers, data=None if data is None else io.BytesIO(data)
+            method,
+            url,
+            headers=headers,
+            data=None if data is None else io.BytesIO(data),
+            ssl=ssl_context if ssl_context is not None else True,
         ) as response,
     ):
         body = await response.read()

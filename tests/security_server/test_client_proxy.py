@@ -8,14 +8,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certs.status import CertStatus
 from gateway.identifiers import SubsystemId
 from tests.security_server.fakes import (
+    CERT_ONLY,
     CITIZEN_PATH,
+    HJC,
+    HTTPS_ONLY,
     NDC,
     Network,
     assert_still_serving,
+    call,
     der,
     rest,
     soap,
@@ -231,4 +236,51 @@ async def test_refuses_provider_whose_ocsp_response_is_stale(net: Network) -> No
         assert reply.error == "Server.ServerProxy.CertValidation"
     finally:
         net.clock.now -= dt.timedelta(hours=2)
+    await assert_still_serving(net)
+
+
+# ---- connection types on the HTTPS port ---------------------------------------------------------
+
+
+async def test_https_client_is_served_on_the_https_port(net: Network, tmp_path: Path) -> None:
+    reply = await call(
+        net.client_https_url + CITIZEN_PATH,
+        headers={"X-Road-Client": str(HTTPS_ONLY)},
+        ssl_context=net.is_https_context(tmp_path, with_cert=False),
+    )
+    assert reply.status == 200, reply
+
+
+async def test_certificate_client_must_present_its_registered_certificate(
+    net: Network, tmp_path: Path
+) -> None:
+    headers = {"X-Road-Client": str(CERT_ONLY)}
+    url = net.client_https_url + CITIZEN_PATH
+    reply = await call(
+        url, headers=headers, ssl_context=net.is_https_context(tmp_path, with_cert=False)
+    )
+    assert reply.error == "Server.ClientProxy.SslAuthenticationFailed"
+    reply = await call(
+        url, headers=headers, ssl_context=net.is_https_context(tmp_path, with_cert=True)
+    )
+    assert reply.status == 200, reply
+    net.is_cert = net.pki.issue("someone else", eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    reply = await call(
+        url, headers=headers, ssl_context=net.is_https_context(tmp_path, with_cert=True)
+    )
+    assert reply.error == "Server.ClientProxy.SslAuthenticationFailed"
+    reply = await call(net.client_url + CITIZEN_PATH, headers=headers)
+    assert reply.error == "Server.ClientProxy.SslAuthenticationFailed"
+    await assert_still_serving(net)
+
+
+async def test_refuses_when_the_node_has_no_signing_key_for_the_member(net: Network) -> None:
+    signer = net.consumer_signers.signers.pop(HJC)
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ClientProxy.CannotCreateSignature"
+    net.consumer_signers.signers[HJC] = signer
+    net.consumer_signers.ocsp.clear()
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ClientProxy.CannotCreateSignature"
+    net.install_signer(net.consumer_signers, HJC, net.pki.signing(str(HJC)))
     await assert_still_serving(net)

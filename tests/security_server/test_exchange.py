@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -11,10 +12,32 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from certs.signer import SoftwareSigner
+from gateway.faults import CLIENT_PROXY
 from gateway.identifiers import ServiceId
 from gateway.multipart import Part, build_multipart, parse_multipart
 from gateway.soap import build_request, parse_soap_response
-from tests.security_server.fakes import CONSUMER, PROVIDER, Network, two_nodes
+from gateway.transport import (
+    RequestPart,
+    VerifiedSignatureCache,
+    body_digest,
+    decode_message,
+    encode_message,
+    verify_message,
+)
+from security_server.transport_client import MessageSealer
+from tests.pki_factory import FixturePki
+from tests.security_server.fakes import (
+    CONSUMER,
+    HJC,
+    NOW,
+    PROVIDER,
+    Clock,
+    FakeSigners,
+    Network,
+    der,
+    two_nodes,
+)
 
 CITIZEN = "/r1/IQ/GOV/NDC/population/getCitizen"
 
@@ -121,3 +144,59 @@ async def test_soap_with_attachment_arrives_and_returns_byte_identical(net: Netw
     returned = parse_multipart(answer, answer_type, max_bytes=10_000_000)
     assert returned.attachments[0].data == attachment.data
     assert b"requestHash" in returned.root.data
+
+
+def _part(message_id: str) -> RequestPart:
+    return RequestPart(
+        protocol="REST",
+        message_id=message_id,
+        client=CONSUMER,
+        service=ServiceId.for_client(PROVIDER, "getCitizen"),
+        method="GET",
+        path="/citizens/1",
+        query=None,
+        headers=(),
+        body_sha256=body_digest(b""),
+        created_at=NOW,
+    )
+
+
+async def test_messages_queued_together_share_one_batch_signature() -> None:
+    pki = FixturePki.create(now=NOW)
+    issued = pki.signing(str(HJC))
+    signers = FakeSigners()
+    signers.signers[HJC] = SoftwareSigner(issued.key, issued.cert)
+    signers.ocsp[der(issued.cert)] = b"stapled"
+    sealer = MessageSealer(signers, Clock())
+    parts = [_part(f"batch-{i}") for i in range(5)]
+    results = await asyncio.gather(*(sealer.seal(HJC, p, prefix=CLIENT_PROXY) for p in parts))
+    assert len({sealed.signature for sealed, _ in results}) == 1
+    assert {sealed.proof.tree_size for sealed, _ in results} == {5}
+    cache = VerifiedSignatureCache()
+    from_cache = []
+    for part, (sealed, ocsp) in zip(parts, results, strict=True):
+        content_type, data = encode_message(part, b"", sealed.proof, sealed.signature, ocsp)
+        message = decode_message(content_type, data)
+        verified = verify_message(message, verified_cache=cache, now=NOW)
+        assert verified.signed_part == part
+        from_cache.append(verified.from_cache)
+    assert from_cache == [False, True, True, True, True]
+    # an idle sealer signs a lone message at once, in a tree of one
+    sealed, _ = await sealer.seal(HJC, _part("alone"), prefix=CLIENT_PROXY)
+    assert sealed.proof.tree_size == 1
+
+
+async def test_concurrent_calls_all_succeed(net: Network) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def one(i: int) -> int:
+            async with session.get(
+                f"{net.client_url}{CITIZEN}/citizens/{i}",
+                headers={"X-Road-Client": str(CONSUMER), "X-Road-Id": f"many-{i}"},
+            ) as response:
+                await response.read()
+                return response.status
+
+        statuses = await asyncio.gather(*(one(i) for i in range(20)))
+    assert statuses == [200] * 20
+    assert sorted(s.path_qs for s in net.seen) == sorted(f"/rest/citizens/{i}" for i in range(20))
