@@ -63,7 +63,7 @@ async def test_list_clients_answers_xml_and_json_from_the_global_configuration(
     root = parse_xml(reply.body, max_bytes=1_000_000)
     assert root.tag == f"{{{XROAD_NS}}}clientList"
     codes = [e.text for e in root.iter(f"{{{ID_NS}}}subsystemCode")]
-    assert codes == ["inheritance", "courts", "population"]
+    assert codes == ["inheritance", "courts", "archive", "population"]
     reply = await call(net.client_url + "/listClients", headers={"Accept": "application/json"})
     members = json.loads(reply.body)["member"]
     assert {"National Data Centre", "Higher Judicial Council"} == {m["name"] for m in members}
