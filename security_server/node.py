@@ -1,0 +1,509 @@
+"""The node assembly: database, keys, configuration, OCSP, catalogue, and the four listeners.
+
+Rules:
+
+- :func:`running_node` builds one :class:`security_server.runtime.NodeRuntime` from a data
+  directory and serves, while its block runs:
+
+  ========================= ========= ====================================================
+  listener                  default   TLS
+  ========================= ========= ====================================================
+  client side, HTTP         8080      none (information systems on a trusted network)
+  client side, HTTPS        8443      the internal self-signed certificate; a client
+                                      certificate is asked for (optional) and must be one
+                                      registered for an ``https_cert`` client
+  server side (other nodes) 5500      mutual TLS with the authentication certificate;
+                                      peers must chain to an approved CA of the global
+                                      configuration
+  admin API                 4000      none; bind it to a management network only
+  ========================= ========= ====================================================
+
+  Port 0 lets the OS choose; the bound URLs are written to ``DIR/run/endpoints.json``.
+- The node starts even when the registry is unreachable (it serves its last good
+  configuration, or refuses exchanges with ``OutdatedGlobalConf`` until it has one).
+- Trust follows the configuration: when the approved CAs change, the server-side listener is
+  re-bound on the same port with a new TLS context; when registered client certificates
+  change, so is the client-side HTTPS listener. Connections already open finish normally.
+- Background tasks: configuration polling, own OCSP refreshing, and a catalogue watcher that
+  picks up changes made by ``jisr node`` commands in other processes (every 2 s).
+- Shutdown, in reverse: listeners, background tasks, outgoing sessions, database pool, the
+  embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+import structlog
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from config.errors import ConfigError
+from config.settings import Settings
+from gateway.globalconf import GlobalConf, format_time
+from gateway.identifiers import SecurityServerId
+from security_server.admin_api import AdminContext, admin_app
+from security_server.catalogue_store import CatalogueStore
+from security_server.conf_client import ConfClient
+from security_server.node_dir import (
+    NodeDir,
+    passphrase_from_env,
+    sha256_fingerprint,
+    write_atomically,
+)
+from security_server.node_keys import NodeKeys, NodeSigners
+from security_server.own_ocsp import OwnOcsp
+from security_server.runtime import Clock, NodeRuntime, TlsFiles, utc_now
+from security_server.tls import server_context
+from storage.database import open_pool
+from storage.migrations import apply_migrations
+
+log = structlog.get_logger(__name__)
+
+DATABASE_NAME = "jisr_node"
+MIGRATIONS = "security_server.migrations"
+WATCH_INTERVAL_S = 2.0
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+@contextlib.asynccontextmanager
+async def open_node_database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """The node database, migrated; embedded PostgreSQL in ``DIR/postgres`` without a URL."""
+    async with open_pool(
+        configured_url=settings.database.url,
+        data_dir=settings.data_dir,
+        database=DATABASE_NAME,
+        migrations=MIGRATIONS,
+        min_size=settings.database.min_pool,
+        max_size=settings.database.max_pool,
+    ) as pool:
+        yield pool
+
+
+def approved_roots(conf: GlobalConf | None) -> tuple[x509.Certificate, ...]:
+    """Every approved CA certificate (roots and intermediates) of the configuration."""
+    if conf is None:
+        return ()
+    found: dict[bytes, x509.Certificate] = {}
+    for ca in conf.approved_cas:
+        for cert in (ca.certificate, *ca.intermediates):
+            found[cert.fingerprint(hashes.SHA256())] = cert
+    return tuple(found[k] for k in sorted(found))
+
+
+def server_side_context(tls: TlsFiles, roots: tuple[x509.Certificate, ...]) -> ssl.SSLContext:
+    """mTLS for other nodes; with no approved CA yet every handshake fails (nothing trusted)."""
+    ctx = server_context(
+        tls.cert_file,
+        tls.key_file,
+        password=tls.key_passphrase,
+        client_roots=roots,
+        require_client_cert=True,
+    )
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_side_context(
+    node: NodeDir, passphrase: bytes, client_certs: tuple[bytes, ...]
+) -> ssl.SSLContext:
+    """HTTPS for information systems; registered client certificates are the only roots."""
+    certs = [x509.load_der_x509_certificate(der) for der in client_certs]
+    ctx = server_context(
+        node.internal_cert_file,
+        node.internal_key_file,
+        password=passphrase,
+        client_roots=certs,
+        require_client_cert=False,
+    )
+    if certs:
+        # A registered certificate is trusted as itself, whoever issued it.
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose a free port in "
+            "node.toml or another address"
+        ) from exc
+    return sock
+
+
+class Listener:
+    """One listening socket of a runner; re-bindable on the same port with a new TLS context."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        name: str,
+        host: str,
+        port: int,
+        ssl_context: Callable[[], ssl.SSLContext | None],
+    ) -> None:
+        self.runner = runner
+        self.name = name
+        self.host = host
+        self.port = port
+        self._context = ssl_context
+        self._site: web.SockSite | None = None
+        self.https = False
+
+    async def start(self) -> str:
+        ctx = self._context()
+        sock = _bind(self.host, self.port)
+        try:
+            self.port = sock.getsockname()[1]
+            self.https = ctx is not None
+            site = web.SockSite(self.runner, sock, ssl_context=ctx)
+            await site.start()
+        except BaseException:
+            sock.close()
+            raise
+        self._site = site
+        return self.url
+
+    async def restart(self) -> None:
+        """Stop accepting, then accept again on the same port with a freshly built context."""
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        await self.start()
+        log.info("listener re-bound", listener=self.name, url=self.url)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.https else 'http'}://{host}:{self.port}"
+
+
+@dataclasses.dataclass
+class RunningNode:
+    """A started node: its runtime, the URLs it listens on and its moving parts."""
+
+    runtime: NodeRuntime
+    node_dir: NodeDir
+    endpoints: dict[str, str]
+    conf: ConfClient
+    ocsp: OwnOcsp
+    catalogue: CatalogueStore
+    internal_tls_sha256: str
+    listeners: dict[str, Listener]
+
+    def status(self) -> dict[str, Any]:
+        """What the admin API's ``/status`` shows."""
+        now = self.runtime.clock()
+        certificates = []
+        own = [("auth", self.runtime.tls.certificate)]
+        signers = self.runtime.signers
+        if isinstance(signers, NodeSigners):
+            own += [
+                (f"sign {member}", signers.signer_for(member).certificate)
+                for member in signers.members
+            ]
+        for role, cert in own:
+            verdict = self.ocsp.verdict_for(cert)
+            certificates.append(
+                {
+                    "role": role,
+                    "subject": cert.subject.rfc4514_string(),
+                    "serial": f"{cert.serial_number:x}",
+                    "not_after": format_time(cert.not_valid_after_utc),
+                    "valid_now": cert.not_valid_before_utc <= now <= cert.not_valid_after_utc,
+                    "ocsp": None
+                    if verdict is None
+                    else {
+                        "state": verdict.status.state,
+                        "this_update": format_time(verdict.this_update),
+                        "next_update": format_time(verdict.next_update)
+                        if verdict.next_update
+                        else None,
+                    },
+                }
+            )
+        return {
+            "server_id": str(self.runtime.server_id),
+            "global_configuration": self.conf.status().to_json(),
+            "certificates": certificates,
+            "endpoints": self.endpoints,
+            "internal_tls_sha256": self.internal_tls_sha256,
+        }
+
+
+async def _run_exchange_imports() -> tuple[Any, Any, Any]:
+    # Imported here: the exchange handlers are large and pull in the whole gateway; the rest of
+    # the assembly (and its tests) does not need them.
+    from security_server.client_proxy import client_proxy_app
+    from security_server.server_proxy import server_proxy_app
+    from security_server.transport_client import TransportClient
+
+    return client_proxy_app, server_proxy_app, TransportClient
+
+
+@contextlib.asynccontextmanager
+async def running_node(
+    node_dir: NodeDir,
+    passphrase: str,
+    *,
+    pool: asyncpg.Pool | None = None,
+    settings: Settings | None = None,
+    clock: Clock = utc_now,
+) -> AsyncIterator[RunningNode]:
+    """Start the node described by ``node_dir``; stop it when the block ends.
+
+    ``pool`` lets a caller (tests, the demo) supply an open, migrated database; otherwise the
+    node opens its own from the settings (embedded PostgreSQL by default).
+    """
+    node_dir.require()
+    settings = settings or node_dir.load_settings()
+    if pool is None:
+        async with (
+            open_node_database(settings) as own_pool,
+            running_node(
+                node_dir, passphrase, pool=own_pool, settings=settings, clock=clock
+            ) as running,
+        ):
+            yield running
+        return
+    async with pool.acquire() as conn:
+        await apply_migrations(conn, MIGRATIONS)
+
+    ns = settings.node
+    server_id = SecurityServerId.parse(ns.server_id)
+    keys = NodeKeys(node_dir)
+    tls = keys.tls_files(passphrase)
+    signers = keys.load_signers(passphrase)
+    if server_id.owner not in signers:
+        log.warning("no signing certificate for the owner member", member=str(server_id.owner))
+    client_proxy_app, server_proxy_app, transport_class = await _run_exchange_imports()
+
+    stack = contextlib.AsyncExitStack()
+    async with stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        conf = ConfClient(
+            node_dir.globalconf_dir,
+            node_dir.load_anchor(),
+            session=session,
+            poll_s=float(ns.conf_poll_s),
+            clock=clock,
+        )
+        conf.load_cached()
+        await conf.poll_once()
+        ocsp = OwnOcsp(
+            node_dir.ocsp_dir,
+            session,
+            [tls.certificate, *(s.certificate for s in signers.values())],
+            conf=lambda: conf.latest,
+            clock=clock,
+        )
+        await ocsp.refresh_due()
+        catalogue = CatalogueStore(pool, session=session)
+        await catalogue.load()
+        runtime = NodeRuntime(
+            settings=ns,
+            server_id=server_id,
+            conf=conf,
+            signers=NodeSigners(signers, ocsp.response_for),
+            catalogue=catalogue,
+            tls=tls,
+            clock=clock,
+        )
+        transport = transport_class(runtime)
+        stack.push_async_callback(transport.close)
+
+        used: dict[str, object] = {
+            "roots": approved_roots(conf.latest),
+            "client_certs": catalogue.client_certificates,
+        }
+        passphrase_bytes = passphrase.encode("utf-8")
+        client_runner = web.AppRunner(
+            client_proxy_app(runtime, transport=transport),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        )
+        server_runner = web.AppRunner(
+            server_proxy_app(runtime, transport=transport),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        )
+        holder: dict[str, RunningNode] = {}
+        admin_runner = web.AppRunner(
+            admin_app(
+                AdminContext(catalogue, lambda: holder["node"].status(), conf=conf, clock=clock)
+            ),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        )
+        for runner in (client_runner, server_runner, admin_runner):
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+        listeners = {
+            "client_http": Listener(
+                client_runner, "client_http", ns.host, ns.client_http_port, lambda: None
+            ),
+            "client_https": Listener(
+                client_runner,
+                "client_https",
+                ns.host,
+                ns.client_https_port,
+                lambda: client_side_context(
+                    node_dir, passphrase_bytes, catalogue.client_certificates
+                ),
+            ),
+            "server": Listener(
+                server_runner,
+                "server",
+                ns.host,
+                ns.server_port,
+                lambda: server_side_context(tls, approved_roots(conf.latest)),
+            ),
+            "admin": Listener(admin_runner, "admin", ns.host, ns.admin_port, lambda: None),
+        }
+        endpoints = {name: await listener.start() for name, listener in listeners.items()}
+        internal_sha = sha256_fingerprint(
+            x509.load_pem_x509_certificate(node_dir.internal_cert_file.read_bytes())
+        )
+        running = RunningNode(
+            runtime=runtime,
+            node_dir=node_dir,
+            endpoints=endpoints,
+            conf=conf,
+            ocsp=ocsp,
+            catalogue=catalogue,
+            internal_tls_sha256=internal_sha,
+            listeners=listeners,
+        )
+        holder["node"] = running
+        changed = asyncio.Event()
+        conf.on_change.append(lambda _conf: changed.set())
+
+        async def watch() -> None:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=WATCH_INTERVAL_S)
+                changed.clear()
+                try:
+                    await catalogue.refresh_if_changed()
+                    roots = approved_roots(conf.latest)
+                    if roots != used["roots"]:
+                        used["roots"] = roots
+                        await listeners["server"].restart()
+                    certs = catalogue.client_certificates
+                    if certs != used["client_certs"]:
+                        used["client_certs"] = certs
+                        await listeners["client_https"].restart()
+                except Exception:  # the watcher must outlive a database hiccup
+                    log.exception("node watcher pass failed")
+
+        tasks = [
+            asyncio.create_task(conf.run(), name="globalconf-client"),
+            asyncio.create_task(ocsp.run(), name="own-ocsp"),
+            asyncio.create_task(watch(), name="node-watcher"),
+        ]
+
+        async def stop_tasks() -> None:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        stack.push_async_callback(stop_tasks)
+        write_atomically(
+            node_dir.endpoints_file,
+            json.dumps(
+                {
+                    "server_id": str(server_id),
+                    **endpoints,
+                    "internal_tls_sha256": internal_sha,
+                    "pid": os.getpid(),
+                },
+                indent=1,
+            ).encode(),
+        )
+        stack.callback(node_dir.endpoints_file.unlink, missing_ok=True)
+        log.info("node started", server_id=str(server_id), **endpoints)
+        yield running
+
+
+async def serve_node(
+    node_dir: NodeDir,
+    passphrase: str,
+    *,
+    stop: asyncio.Event | None = None,
+    ready: Callable[[RunningNode], Awaitable[None] | None] | None = None,
+) -> None:
+    """``jisr node serve``: run until SIGTERM/SIGINT (or ``stop``), then shut down cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        async with running_node(node_dir, passphrase) as running:
+            if ready is not None:
+                maybe = ready(running)
+                if maybe is not None:
+                    await maybe
+            await stop.wait()
+            log.info("node stopping", server_id=str(running.runtime.server_id))
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def run_blocking(node_dir: NodeDir, ready: Callable[[RunningNode], None]) -> None:
+    """Run :func:`serve_node` on uvloop when it is installed, else on asyncio's loop."""
+    settings = node_dir.load_settings()
+    passphrase = passphrase_from_env(settings.node.key_passphrase_env)
+    coro = serve_node(node_dir, passphrase, ready=ready)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
+__all__ = [
+    "DATABASE_NAME",
+    "MIGRATIONS",
+    "Listener",
+    "RunningNode",
+    "approved_roots",
+    "client_side_context",
+    "open_node_database",
+    "run_blocking",
+    "running_node",
+    "serve_node",
+    "server_side_context",
+]

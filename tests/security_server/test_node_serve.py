@@ -1,0 +1,199 @@
+"""A registered node running for real: listeners, TLS on each side, status, OCSP stapling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from cryptography import x509
+
+from gateway.globalconf import OutdatedGlobalConf
+from gateway.identifiers import parse_client
+from security_server.catalogue_store import CatalogueStore
+from security_server.node import running_node
+from security_server.node_dir import NodeDir, sha256_fingerprint
+from security_server.node_keys import NodeKeys
+from security_server.registration import register_server
+from storage.database import open_pool
+from storage.embedded import database_url
+from tests.security_server.test_node_setup import (
+    PASSPHRASE,
+    SERVER,
+    Network,
+    running_network,
+    utc_now,
+    wait_for_server_in_conf,
+)
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def network(fresh_db_url: str, tmp_path: Path) -> AsyncIterator[Network]:
+    async with running_network(fresh_db_url, tmp_path) as net:
+        yield net
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def node_pool(pg_server_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
+    """A second fresh database: the registry of the network fixture uses the first."""
+    name = "n_" + uuid.uuid4().hex[:16]
+    conn = await asyncpg.connect(pg_server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        async with open_pool(
+            configured_url=database_url(pg_server_url, name),
+            data_dir=tmp_path,
+            database=name,
+            migrations="security_server.migrations",
+            max_size=4,
+        ) as pool:
+            yield pool
+    finally:
+        conn = await asyncpg.connect(pg_server_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+async def _registered_node(network: Network, session: aiohttp.ClientSession) -> NodeDir:
+    directory = network.new_node()
+    text = (directory / "node.toml").read_text()
+    (directory / "node.toml").write_text(text.replace("admin_port = 4000", "admin_port = 0"))
+    network.certify(directory)
+    await register_server(NodeDir(directory), PASSPHRASE, session=session)
+    await wait_for_server_in_conf(directory, SERVER)
+    return NodeDir(directory)
+
+
+def _client_context(node: NodeDir, *, with_auth_cert: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if with_auth_cert:
+        keys = NodeKeys(node)
+        tls = keys.tls_files(PASSPHRASE)
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=tls.key_passphrase)
+    return ctx
+
+
+async def _exchange(url: str, ctx: ssl.SSLContext) -> tuple[x509.Certificate, bytes]:
+    """The server's certificate and the first bytes of its HTTP answer to a GET."""
+    host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        answer = await reader.read(12)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der), answer
+    finally:
+        writer.close()
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            await writer.wait_closed()
+
+
+async def _refused(url: str, ctx: ssl.SSLContext) -> bool:
+    """True if the TLS server refuses us (with TLS 1.3 only once it would first answer)."""
+    try:
+        _, answer = await _exchange(url, ctx)
+    except (ssl.SSLError, ConnectionError):
+        return True
+    return not answer.startswith(b"HTTP/")
+
+
+async def test_serves_all_listeners_with_status_and_stapled_ocsp(
+    network: Network, session: aiohttp.ClientSession, node_pool: asyncpg.Pool
+) -> None:
+    node = await _registered_node(network, session)
+    store = CatalogueStore(node_pool)
+    key = await store.create_api_key("test", "ops", "operator")
+    async with running_node(node, PASSPHRASE, pool=node_pool) as running:
+        endpoints = json.loads(node.endpoints_file.read_text())
+        assert endpoints["server_id"] == SERVER
+        assert set(running.endpoints) == {"client_http", "client_https", "server", "admin"}
+        assert running.endpoints["server"].startswith("https://127.0.0.1:")
+        assert endpoints["admin"] == running.endpoints["admin"]
+
+        async with session.get(
+            running.endpoints["admin"] + "/api/v1/status",
+            headers={"Authorization": f"Bearer {key}"},
+        ) as resp:
+            status = await resp.json()
+        assert status["server_id"] == SERVER
+        assert status["global_configuration"]["in_force"] is True
+        assert [c["ocsp"]["state"] for c in status["certificates"]] == ["good", "good"]
+
+        auth = running.runtime.tls.certificate
+        assert running.runtime.signers.ocsp_for(auth) is not None
+        assert len(list(node.ocsp_dir.iterdir())) == 2
+
+        # Server side: mutual TLS with a certificate from an approved CA.
+        peer, answer = await _exchange(
+            running.endpoints["server"], _client_context(node, with_auth_cert=True)
+        )
+        assert (peer, answer[:5]) == (auth, b"HTTP/")
+        assert await _refused(
+            running.endpoints["server"], _client_context(node, with_auth_cert=False)
+        )
+
+        # Client side HTTPS presents the internal certificate whose hash init printed.
+        internal, _ = await _exchange(
+            running.endpoints["client_https"], _client_context(node, with_auth_cert=False)
+        )
+        assert sha256_fingerprint(internal) == running.internal_tls_sha256
+
+        async with session.get(running.endpoints["client_http"] + "/r1/nothing") as resp:
+            assert resp.status >= 400  # answered by the client proxy, as a fault
+
+        # A change made by another process (a `jisr node` command) reaches the running node.
+        await CatalogueStore(node_pool).add_client("cli", "IQ/GOV/HJC/inheritance")
+        for _ in range(100):
+            if running.catalogue.client(parse_client("IQ/GOV/HJC/inheritance")):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the running node did not see the new client")
+    assert not node.endpoints_file.exists()
+    port = running.endpoints["admin"].rsplit(":", 1)[1]
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", int(port))
+
+
+async def test_starts_without_registry_and_refuses_exchange_until_configured(
+    network: Network, session: aiohttp.ClientSession, node_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    directory = network.new_node()
+    network.certify(directory)
+    node = NodeDir(directory)
+    (directory / "node.toml").write_text(
+        (directory / "node.toml").read_text().replace("admin_port = 4000", "admin_port = 0")
+    )
+    anchor = json.loads(node.anchor_file.read_text())
+    anchor["sources"] = [{"url": "http://127.0.0.1:9/globalconf/current"}]
+    node.anchor_file.write_bytes(json.dumps(anchor, sort_keys=True, separators=(",", ":")).encode())
+    async with running_node(node, PASSPHRASE, pool=node_pool) as running:
+        with pytest.raises(OutdatedGlobalConf):
+            running.runtime.conf.current(utc_now())
+        assert running.runtime.signers.ocsp_for(running.runtime.tls.certificate) is None
+        assert await _refused(
+            running.endpoints["server"], _client_context(node, with_auth_cert=True)
+        )
