@@ -1,0 +1,578 @@
+"""The node's message log in PostgreSQL: append-only, hash-chained, written in batches, fail
+closed.
+
+Rules (``docs/message-log.md`` is the operator's and auditor's description):
+
+- :meth:`PostgresMessageLog.record` returns only after the record is committed. Concurrent
+  calls are collected by one writer task and inserted with one ``executemany`` (one database
+  round trip, one implicit transaction): either the whole batch is stored or none of it, and
+  every caller of a failed batch gets ``LoggingFailed`` (``Server.ClientProxy`` or
+  ``Server.ServerProxy``, by the entry's direction). An exchange never continues unlogged.
+- Records form one chain per node (:mod:`gateway.log_record`). The writer keeps the chain head
+  (sequence number and hash) in memory, read from the database at start. Worker processes of
+  one node share the table: the sequence number is the primary key, so an append computed from
+  a stale head fails as a whole; the writer then re-reads the head and computes the batch
+  again (:data:`MAX_APPEND_ATTEMPTS` times at most). Records are committed in sequence order.
+- The table is append-only, enforced by a trigger: no record content is ever updated; only the
+  timestamp reference is set, once; only archived records other than the newest may be
+  deleted, which :meth:`PostgresMessageLog.purge_expired` does after the retention period.
+- Timestamping runs beside the log (:mod:`security_server.timestamper`). ``check_accepting``
+  refuses exchanges once the oldest record still waiting for a token is older than the
+  acceptable period; with ``timestamp_immediately`` ``record`` also waits for the token.
+- Bodies: ``log_bodies=False`` (the node's privacy switch) or a body larger than
+  ``max_body_bytes`` keeps the body's digest only; the handler drops the body itself when a
+  subsystem has body logging off. Verification works the same either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from typing import Final
+
+import asyncpg
+import structlog
+
+from certs.tsa import TimestampError
+from config.errors import StorageError, ValidationError
+from gateway.faults import CLIENT_PROXY, SERVER_PROXY, FaultError
+from gateway.identifiers import ClientId, SecurityServerId, ServiceId
+from gateway.log_record import (
+    CONSUMER_DIRECTIONS,
+    LogEntry,
+    LogIntegrityError,
+    LogRecord,
+    RecordTimestamp,
+    TimestampBatch,
+    check_entry,
+    parse_record,
+)
+from gateway.transport import DEFAULT_MAX_BODY_BYTES, decode_proof
+from security_server.runtime import Clock, utc_now
+from security_server.timestamper import Timestamper, TimestampingState
+
+__all__ = [
+    "DEFAULT_ACCEPTABLE_PERIOD",
+    "DEFAULT_RETENTION",
+    "MAX_APPEND_ATTEMPTS",
+    "PostgresMessageLog",
+]
+
+#: How long records may wait for a timestamp before the node refuses exchanges (X-Road's).
+DEFAULT_ACCEPTABLE_PERIOD: Final = dt.timedelta(seconds=14_400)
+#: How long archived records stay in the database.
+DEFAULT_RETENTION: Final = dt.timedelta(days=30)
+#: Appends retried after another worker process moved the chain head.
+MAX_APPEND_ATTEMPTS: Final = 10
+#: Most records in one write; more wait for the next round trip.
+DEFAULT_MAX_BATCH: Final = 1000
+#: Most body bytes in one write (a single larger record is still written alone).
+DEFAULT_MAX_BATCH_BYTES: Final = 64 * 1024 * 1024
+#: Most records one search or read returns.
+MAX_RESULTS: Final = 1000
+
+_log = structlog.get_logger(__name__)
+
+_INSERT: Final = """
+INSERT INTO message_log (
+    seq, logged_at, direction, message_id, client, service, user_id, issue, protocol,
+    created_at, record, signed_part, body, signature, proof, certificates, ocsp, prev_hash,
+    record_hash)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+"""
+
+_SELECT: Final = """
+SELECT m.record, m.signed_part, m.body, m.signature, m.proof, m.certificates, m.ocsp,
+       m.prev_hash, m.record_hash, m.batch_proof,
+       b.id AS batch_id, b.root, b.size, b.token, b.tsa_url, b.gen_time
+FROM message_log AS m LEFT JOIN timestamp_batches AS b ON b.id = m.batch_id
+"""
+
+_SELECT_UNARCHIVED: Final = (
+    _SELECT  # noqa: S608 (constant SQL text; the limit is a bound parameter)
+    + "WHERE m.seq > (SELECT coalesce(max(last_seq), 0) FROM log_archives) "
+    "ORDER BY m.seq LIMIT $1"
+)
+
+_DB_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    entry: LogEntry
+    future: asyncio.Future[int]
+
+
+def _prefix(entry: LogEntry) -> str:
+    return CLIENT_PROXY if entry.direction in CONSUMER_DIRECTIONS else SERVER_PROXY
+
+
+def _logging_failed(entry: LogEntry, reason: str) -> FaultError:
+    return FaultError(
+        f"{_prefix(entry)}.LoggingFailed",
+        f"the message could not be written to the node's message log, so the exchange was "
+        f"stopped: {reason}",
+    )
+
+
+class _AppendConflict(Exception):
+    """Another worker process appended first: the head this batch was chained to is stale."""
+
+
+class PostgresMessageLog:
+    """The message log of node ``node`` in the database behind ``pool``.
+
+    The pool's database must have the ``security_server.log_migrations`` applied. Use as an
+    async context manager, or call :meth:`start` and :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        node: SecurityServerId,
+        *,
+        clock: Clock = utc_now,
+        timestamper: Timestamper | None = None,
+        timestamp_immediately: bool = False,
+        acceptable_period: dt.timedelta = DEFAULT_ACCEPTABLE_PERIOD,
+        retention: dt.timedelta = DEFAULT_RETENTION,
+        log_bodies: bool = True,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        write_timeout_s: float = 30.0,
+    ) -> None:
+        if timestamp_immediately and timestamper is None:
+            raise ValueError("timestamp_immediately needs a timestamper")
+        if max_batch < 1 or max_batch_bytes < 1:
+            raise ValueError("max_batch and max_batch_bytes must be positive")
+        self._pool = pool
+        self.node = node
+        self._clock = clock
+        self._timestamper = timestamper
+        self._timestamp_immediately = timestamp_immediately
+        self._acceptable_period = acceptable_period
+        self._retention = retention
+        self._log_bodies = log_bodies
+        self._max_body_bytes = max_body_bytes
+        self._max_batch = max_batch
+        self._max_batch_bytes = max_batch_bytes
+        self._write_timeout_s = write_timeout_s
+        self._state = timestamper.state if timestamper is not None else TimestampingState()
+        self._head: tuple[int, bytes] | None = None
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        #: Database calls that append records (one per batch written, retries included).
+        self.write_round_trips = 0
+        #: Records this process has appended.
+        self.records_written = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the chain head and the timestamping backlog, then start the writer task."""
+        self._head = await self._read_head()
+        if self._timestamper is not None:
+            await self._timestamper.refresh()
+        else:
+            token = self._state.refresh_started()
+            oldest = await self._fetchval(
+                "SELECT logged_at FROM message_log WHERE batch_id IS NULL ORDER BY seq LIMIT 1"
+            )
+            assert oldest is None or isinstance(oldest, dt.datetime)
+            self._state.refreshed(token, oldest)
+        self._closing = False
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="jisr-message-log")
+
+    async def close(self) -> None:
+        """Write what is queued, then stop; later :meth:`record` calls fail with LoggingFailed."""
+        self._closing = True
+        self._wake.set()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer
+
+    async def __aenter__(self) -> PostgresMessageLog:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- the MessageLog protocol ----------------------------------------------------------------
+
+    async def record(self, entry: LogEntry) -> None:
+        """Durably store ``entry`` before the exchange continues (fail closed).
+
+        Raises ``LoggingFailed`` when it cannot be stored, and with ``timestamp_immediately``
+        ``TimestampingFailed`` when no TSA timestamped it (it stays logged and queued).
+        """
+        if self._writer is None or self._closing:
+            raise _logging_failed(entry, "the message log is not running")
+        problems = check_entry(entry)
+        if problems:
+            raise _logging_failed(entry, "the entry is inconsistent: " + "; ".join(problems))
+        if entry.body is not None and (
+            not self._log_bodies or len(entry.body) > self._max_body_bytes
+        ):
+            entry = entry.without_body()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(entry, future))
+        self._wake.set()
+        await future
+        if self._timestamp_immediately:
+            assert self._timestamper is not None
+            try:
+                await self._timestamper.timestamp_through()
+            except (TimestampError, StorageError) as exc:
+                raise FaultError(
+                    f"{_prefix(entry)}.TimestampingFailed",
+                    f"the message was logged but could not be timestamped, and this node "
+                    f"timestamps immediately: {exc.message}",
+                ) from exc
+
+    def check_accepting(self, now: dt.datetime, *, prefix: str = CLIENT_PROXY) -> None:
+        """Refuse new exchanges while a record has waited for a timestamp for too long."""
+        oldest = self._state.oldest_untimestamped
+        if oldest is not None and now - oldest > self._acceptable_period:
+            waited = int((now - oldest).total_seconds())
+            reason = f" (last error: {self._state.last_error})" if self._state.last_error else ""
+            raise FaultError(
+                f"{prefix}.TimestampingFailed",
+                f"message log records have waited {waited} s for a timestamp, longer than the "
+                f"acceptable {int(self._acceptable_period.total_seconds())} s; this node "
+                f"refuses exchanges until an approved TSA answers again{reason}",
+            )
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        size = 0
+        while self._pending and len(batch) < self._max_batch:
+            item = self._pending[0]
+            if item.future.done():  # the caller was cancelled before its record was taken
+                self._pending.pop(0)
+                continue
+            body = len(item.entry.body or b"") + len(item.entry.signed_part)
+            if batch and size + body > self._max_batch_bytes:
+                break
+            batch.append(self._pending.pop(0))
+            size += body
+        return batch
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._take_batch()
+                if not batch:
+                    continue
+                try:
+                    records = await self._append([p.entry for p in batch])
+                except Exception as exc:  # fail closed: whatever went wrong, nobody continues
+                    reason = exc.message if isinstance(exc, StorageError) else repr(exc)
+                    _log.error("message_log_write_failed", records=len(batch), error=reason)
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(_logging_failed(p.entry, reason))
+                    continue
+                if self._timestamper is not None:
+                    self._timestamper.notify_written(len(records), records[0].logged_at)
+                else:
+                    self._state.note_written(records[0].logged_at)
+                for p, rec in zip(batch, records, strict=True):
+                    if not p.future.done():
+                        p.future.set_result(rec.seq)
+            if self._closing:
+                return
+
+    async def _append(self, entries: Sequence[LogEntry]) -> list[LogRecord]:
+        for _ in range(MAX_APPEND_ATTEMPTS):
+            if self._head is None:
+                self._head = await self._read_head()
+            seq, prev = self._head
+            logged_at = self._clock()
+            records = []
+            for entry in entries:
+                seq += 1
+                record = LogRecord.append(self.node, seq, logged_at, entry, prev)
+                records.append(record)
+                prev = record.record_hash
+            try:
+                await self._insert(records)
+            except _AppendConflict:
+                self._head = None
+                continue
+            except BaseException:
+                # The batch may or may not have been committed (a lost connection); re-read.
+                self._head = None
+                raise
+            self._head = (records[-1].seq, records[-1].record_hash)
+            self.records_written += len(records)
+            return records
+        raise StorageError(
+            f"{MAX_APPEND_ATTEMPTS} appends in a row found the chain head moved by another "
+            "worker process; the log is under heavier concurrent load than it can order"
+        )
+
+    async def _insert(self, records: Sequence[LogRecord]) -> None:
+        rows = [
+            (
+                r.seq,
+                r.logged_at,
+                r.entry.direction,
+                r.entry.message_id,
+                str(r.entry.client),
+                str(r.entry.service),
+                r.entry.user_id,
+                r.entry.issue,
+                r.entry.protocol,
+                r.entry.created_at,
+                r.canonical_bytes(),
+                r.entry.signed_part,
+                r.entry.body,
+                r.entry.signature,
+                r.entry.proof,
+                list(r.entry.certificates),
+                r.entry.ocsp,
+                r.prev_hash,
+                r.record_hash,
+            )
+            for r in records
+        ]
+        self.write_round_trips += 1
+        try:
+            await self._pool.executemany(_INSERT, rows, timeout=self._write_timeout_s)
+        except asyncpg.UniqueViolationError as exc:
+            raise _AppendConflict from exc
+        except _DB_ERRORS as exc:
+            raise StorageError(f"the database refused or lost the write: {exc}") from exc
+
+    async def _read_head(self) -> tuple[int, bytes]:
+        try:
+            row = await self._pool.fetchrow(
+                "SELECT seq, record_hash FROM message_log ORDER BY seq DESC LIMIT 1"
+            )
+        except _DB_ERRORS as exc:
+            raise StorageError(f"cannot read the message log's chain head: {exc}") from exc
+        if row is None:
+            return 0, bytes(32)
+        return int(row["seq"]), bytes(row["record_hash"])
+
+    # --- reading --------------------------------------------------------------------------------
+
+    async def _fetchval(self, query: str, *args: object) -> object:
+        try:
+            return await self._pool.fetchval(query, *args)
+        except _DB_ERRORS as exc:
+            raise StorageError(f"cannot read the message log: {exc}") from exc
+
+    async def _fetch(self, query: str, *args: object) -> list[LogRecord]:
+        try:
+            rows = await self._pool.fetch(query, *args)
+        except _DB_ERRORS as exc:
+            raise StorageError(f"cannot read the message log: {exc}") from exc
+        batches: dict[int, TimestampBatch] = {}
+        return [_to_record(row, batches) for row in rows]
+
+    async def head(self) -> tuple[int, bytes]:
+        """The newest record's sequence number and hash in the database (0 and 32 zero bytes
+        for an empty log)."""
+        return await self._read_head()
+
+    async def read_records(
+        self, *, after_seq: int = 0, limit: int = MAX_RESULTS
+    ) -> list[LogRecord]:
+        """Records after ``after_seq`` in sequence order, with their timestamps, for checking
+        the chain with :func:`gateway.log_record.verify_chain`."""
+        return await self._fetch(
+            _SELECT + " WHERE m.seq > $1 ORDER BY m.seq LIMIT $2", after_seq, _limit(limit)
+        )
+
+    async def search(
+        self,
+        *,
+        message_id: str | None = None,
+        client: ClientId | str | None = None,
+        service: ServiceId | str | None = None,
+        user_id: str | None = None,
+        issue: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[LogRecord]:
+        """Records matching every criterion given (exact matches; ``since`` inclusive and
+        ``until`` exclusive on the time the record was logged), with their timestamps."""
+        conditions: list[str] = []
+        args: list[object] = []
+        for column, value in (
+            ("message_id", message_id),
+            ("client", None if client is None else str(client)),
+            ("service", None if service is None else str(service)),
+            ("user_id", user_id),
+            ("issue", issue),
+        ):
+            if value is not None:
+                args.append(value)
+                conditions.append(f"m.{column} = ${len(args)}")
+        for op, when in ((">=", since), ("<", until)):
+            if when is not None:
+                if when.tzinfo is None:
+                    raise ValidationError("search times must be timezone-aware")
+                args.append(when)
+                conditions.append(f"m.logged_at {op} ${len(args)}")
+        args.append(_limit(limit))
+        where = (" WHERE " + " AND ".join(conditions)) if conditions else ""
+        order = "DESC" if newest_first else "ASC"
+        return await self._fetch(
+            _SELECT + f"{where} ORDER BY m.seq {order} LIMIT ${len(args)}", *args
+        )
+
+    # --- archiving and retention ----------------------------------------------------------------
+
+    async def archived_through(self) -> int:
+        """The last record marked archived (0 when none is)."""
+        value = await self._fetchval("SELECT coalesce(max(last_seq), 0) FROM log_archives")
+        assert isinstance(value, int)
+        return value
+
+    async def fetch_for_archive(self, limit: int = MAX_RESULTS) -> list[LogRecord]:
+        """The next records to archive: timestamped, not yet archived, in sequence order,
+        each with its batch (token) and inclusion proof. Stops before the first record still
+        waiting for a timestamp, so an archive never has a gap."""
+        records = await self._fetch(_SELECT_UNARCHIVED, _limit(limit))
+        for i, record in enumerate(records):
+            if record.timestamp is None:
+                return records[:i]
+        return records
+
+    async def mark_archived(
+        self, up_to_seq: int, archive_name: str, *, now: dt.datetime | None = None
+    ) -> None:
+        """Record that the records after the last archive, through ``up_to_seq``, are safely in
+        the archive ``archive_name``; they become eligible for deletion after the retention
+        period."""
+        if not archive_name or len(archive_name) > 1024:
+            raise ValidationError("an archive name must be 1..1024 characters")
+        when = now or self._clock()
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                # One archiver at a time: ranges must follow each other.
+                await conn.execute("LOCK TABLE log_archives IN SHARE ROW EXCLUSIVE MODE")
+                last = await conn.fetchval("SELECT coalesce(max(last_seq), 0) FROM log_archives")
+                if up_to_seq <= last:
+                    raise ValidationError(
+                        f"records up to {last} are already archived; archive {archive_name!r} "
+                        f"must end after record {last}"
+                    )
+                row = await conn.fetchrow(
+                    "SELECT count(*) AS n, count(batch_id) AS stamped FROM message_log "
+                    "WHERE seq > $1 AND seq <= $2",
+                    last,
+                    up_to_seq,
+                )
+                assert row is not None
+                expected = up_to_seq - last
+                if row["n"] != expected:
+                    raise ValidationError(
+                        f"the log holds {row['n']} of the {expected} records {last + 1}.."
+                        f"{up_to_seq}; archive only records that fetch_for_archive returned"
+                    )
+                if row["stamped"] != expected:
+                    raise ValidationError(
+                        f"{expected - row['stamped']} of records {last + 1}..{up_to_seq} are "
+                        "not timestamped yet; archive only records that fetch_for_archive "
+                        "returned"
+                    )
+                await conn.execute(
+                    "INSERT INTO log_archives (name, first_seq, last_seq, archived_at) "
+                    "VALUES ($1, $2, $3, $4)",
+                    archive_name,
+                    last + 1,
+                    up_to_seq,
+                    when,
+                )
+        except asyncpg.UniqueViolationError as exc:
+            raise ValidationError(
+                f"an archive named {archive_name!r} is already recorded; give each archive "
+                "its own name"
+            ) from exc
+        except _DB_ERRORS as exc:
+            raise StorageError(f"cannot mark records as archived: {exc}") from exc
+        _log.info("message_log_archived", archive=archive_name, up_to_seq=up_to_seq)
+
+    async def purge_expired(self, now: dt.datetime | None = None) -> int:
+        """Delete records archived more than the retention period before ``now``, and batches
+        no record refers to any more; return how many records were deleted. The newest record
+        is always kept: it continues the chain."""
+        cutoff = (now or self._clock()) - self._retention
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                status = await conn.execute(
+                    """DELETE FROM message_log
+                       WHERE seq <= (SELECT coalesce(max(last_seq), 0) FROM log_archives
+                                     WHERE archived_at <= $1)
+                         AND seq < (SELECT max(seq) FROM message_log)""",
+                    cutoff,
+                )
+                await conn.execute(
+                    """DELETE FROM timestamp_batches AS b
+                       WHERE NOT EXISTS (SELECT 1 FROM message_log AS m WHERE m.batch_id = b.id)"""
+                )
+        except _DB_ERRORS as exc:
+            raise StorageError(f"cannot delete expired message log records: {exc}") from exc
+        deleted = int(status.split()[-1])
+        if deleted:
+            _log.info("message_log_purged", records=deleted)
+        return deleted
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_RESULTS:
+        raise ValidationError(f"limit must be 1..{MAX_RESULTS}, got {limit}")
+    return limit
+
+
+def _to_record(row: asyncpg.Record, batches: dict[int, TimestampBatch]) -> LogRecord:
+    stamp: RecordTimestamp | None = None
+    batch_id = row["batch_id"]
+    if batch_id is not None:
+        batch = batches.get(batch_id)
+        if batch is None:
+            batch = TimestampBatch(
+                batch_id=batch_id,
+                root=bytes(row["root"]),
+                size=row["size"],
+                token=bytes(row["token"]),
+                tsa_url=row["tsa_url"],
+                gen_time=row["gen_time"],
+            )
+            batches[batch_id] = batch
+        try:
+            proof = decode_proof(bytes(row["batch_proof"]))
+        except FaultError as exc:
+            raise LogIntegrityError(
+                f"a record of timestamp batch {batch_id} has a malformed proof: {exc.message}"
+            ) from exc
+        stamp = RecordTimestamp(batch, proof)
+    body = row["body"]
+    return parse_record(
+        bytes(row["record"]),
+        signed_part=bytes(row["signed_part"]),
+        body=None if body is None else bytes(body),
+        signature=bytes(row["signature"]),
+        proof=bytes(row["proof"]),
+        certificates=[bytes(c) for c in row["certificates"]],
+        ocsp=bytes(row["ocsp"]),
+        prev_hash=bytes(row["prev_hash"]),
+        record_hash=bytes(row["record_hash"]),
+        timestamp=stamp,
+    )
