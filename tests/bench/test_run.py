@@ -1,0 +1,97 @@
+"""A whole (tiny) benchmark run without nodes: processes started and stopped, file written."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bench.processes import Children, python_argv
+from bench.report import SCENARIO_KEYS, TOP_KEYS, format_table
+from bench.run import BenchOptions, parse_options, run_bench
+from bench.scenarios import SCENARIOS
+from config.errors import JisrError
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and " Z " not in Path(f"/proc/{pid}/stat").read_text()
+
+
+@pytest.mark.e2e
+async def test_run_without_nodes_writes_the_result_file(tmp_path: Path) -> None:
+    output = tmp_path / "latest.json"
+    options = BenchOptions(
+        duration_s=0.5,
+        warmup_s=0.1,
+        concurrency=2,
+        data_dir=tmp_path / "run",
+        output=output,
+        nodes=False,
+    )
+    results = await run_bench(options)
+    written = json.loads(output.read_text("utf-8"))
+    assert written == json.loads(json.dumps(results))
+    for key in TOP_KEYS:
+        assert key in written
+    assert written["machine"]["cores"] >= 1
+    assert written["lost_records"] is None
+    assert written["loadgen_alone_rps"] > 0
+    assert written["nodes"].startswith("skipped")
+    assert set(written["scenarios"]) == set(SCENARIOS)
+    for name, entry in written["scenarios"].items():
+        for key in SCENARIO_KEYS:
+            assert key in entry, (name, key)
+        assert entry["rps"] is None
+        assert entry["ratio"] is None
+        assert entry["baseline_rps"] > 0, name
+        assert entry["baseline"]["errors"] == 0, entry["baseline"]["error_samples"]
+        assert entry["baseline"]["cpu_s_per_1k"] is not None
+        assert entry["service_alone"]["errors"] == 0
+    table = format_table(written)
+    for name in SCENARIOS:
+        assert name in table
+    for log in (tmp_path / "run" / "logs").glob("*.log"):
+        assert "Traceback" not in log.read_text("utf-8"), log
+
+
+@pytest.mark.e2e
+async def test_children_are_stopped_when_the_block_fails(tmp_path: Path) -> None:
+    pids: list[int] = []
+
+    async def start_two_then_fail() -> None:
+        async with Children(tmp_path) as children:
+            for name in ("one", "two"):
+                child = await children.start(name, python_argv("bench.service"))
+                pids.append(child.pid)
+            raise RuntimeError("on purpose")
+
+    with pytest.raises(RuntimeError, match="on purpose"):
+        await start_two_then_fail()
+    assert len(pids) == 2
+    assert not any(_alive(pid) for pid in pids)
+
+
+@pytest.mark.e2e
+async def test_a_child_that_dies_before_it_is_ready_is_reported(tmp_path: Path) -> None:
+    async with Children(tmp_path) as children:
+        with pytest.raises(JisrError, match="before it was ready") as caught:
+            await children.start("broken", python_argv("bench.no_such_module"))
+        assert "No module named" in str(caught.value)
+        assert children.started == []
+
+
+def test_refuses_an_unknown_scenario() -> None:
+    with pytest.raises(SystemExit):
+        parse_options(["--scenarios", "rest_small,nonsense"])
+
+
+def test_defaults_follow_the_issue() -> None:
+    options = parse_options([])
+    assert (options.duration_s, options.concurrency) == (20.0, 64)
+    assert options.scenarios == SCENARIOS
