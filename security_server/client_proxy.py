@@ -49,6 +49,7 @@ from gateway.faults import (
 )
 from gateway.globalconf import GlobalConf, SecurityServer
 from gateway.identifiers import ClientId, SecurityServerId
+from gateway.log_record import LogEntry
 from gateway.rest import (
     HEADER_ERROR,
     ListClientsRequest,
@@ -68,6 +69,8 @@ from gateway.transport import (
     CONTENT_TYPE,
     RequestPart,
     ResponsePart,
+    TransportMessage,
+    VerifiedMessage,
     VerifiedSignatureCache,
     body_digest,
     check_clock_skew,
@@ -78,7 +81,7 @@ from gateway.transport import (
 )
 from security_server import metaservices
 from security_server.peer_trust import PeerTrust
-from security_server.runtime import LocalClient, NodeRuntime
+from security_server.runtime import LocalClient, MessageLog, NodeRuntime
 from security_server.server_proxy import peer_certificate, read_limited
 from security_server.transport_client import HttpAnswer, MessageSealer, TransportClient
 
@@ -126,8 +129,10 @@ class ClientProxy:
         sealer: MessageSealer | None = None,
         peer_trust: PeerTrust | None = None,
         verified_cache: VerifiedSignatureCache | None = None,
+        message_log: MessageLog | None = None,
     ) -> None:
         self._rt = runtime
+        self._log = message_log
         self._transport = transport
         self._sealer = sealer or MessageSealer(runtime.signers, runtime.clock)
         self._trust = peer_trust or PeerTrust()
@@ -257,22 +262,60 @@ class ClientProxy:
     # ---- the exchange
 
     async def _exchange(
-        self, conf: GlobalConf, part: RequestPart, body: bytes, servers: list[SecurityServer]
+        self,
+        conf: GlobalConf,
+        local: LocalClient,
+        part: RequestPart,
+        body: bytes,
+        servers: list[SecurityServer],
     ) -> tuple[ResponsePart, bytes]:
         settings = self._rt.settings
-        sealed, ocsp = await self._sealer.seal(part.client.member, part, prefix=CLIENT_PROXY)
-        _, data = encode_message(part, body, sealed.proof, sealed.signature, ocsp)
+        if self._log is not None:
+            self._log.check_accepting(self._rt.clock(), prefix=CLIENT_PROXY)
+        seal = await self._sealer.seal(part.client.member, part, prefix=CLIENT_PROXY)
+        _, data = encode_message(part, body, seal.sealed.proof, seal.signature, seal.ocsp)
+        if self._log is not None:
+            await self._log.record(
+                LogEntry.for_message(
+                    "request_out",
+                    part,
+                    signed_part_bytes=part.to_bytes(),
+                    body=body,
+                    log_body=local.body_logging,
+                    signature=seal.signature,
+                    proof=seal.sealed.proof,
+                    certificates=seal.certificates,
+                    ocsp=seal.ocsp,
+                    conf_version=conf.version,
+                )
+            )
         server, answer = await self._transport.exchange(
             servers,
             data,
             timeout_s=settings.service_timeout_s + _EXCHANGE_MARGIN_S,
             max_body_bytes=settings.max_body_bytes,
         )
-        return self._check_answer(conf, part, server, answer)
+        response, message, verified = self._check_answer(conf, part, server, answer)
+        if self._log is not None:
+            await self._log.record(
+                LogEntry.for_message(
+                    "response_in",
+                    response,
+                    signed_part_bytes=message.signed_part_bytes,
+                    body=message.body,
+                    log_body=local.body_logging,
+                    signature=message.signature,
+                    proof=message.proof_bytes,
+                    certificates=verified.certificates,
+                    ocsp=message.ocsp,
+                    conf_version=conf.version,
+                )
+            )
+        return response, message.body
 
     def _check_answer(
         self, conf: GlobalConf, part: RequestPart, server: SecurityServer, answer: HttpAnswer
-    ) -> tuple[ResponsePart, bytes]:
+    ) -> tuple[ResponsePart, TransportMessage, VerifiedMessage]:
         content_type = answer.header("Content-Type") or ""
         if answer.status != 200 or not content_type.lower().startswith(CONTENT_TYPE):
             fault = None
@@ -298,7 +341,7 @@ class ClientProxy:
         self._trust.check_signer(verified, part.service.member, conf, now=now, prefix=CLIENT_PROXY)
         response = check_response(part, message.signed_part, prefix=CLIENT_PROXY)
         check_clock_skew(response.created_at, now, prefix=CLIENT_PROXY)
-        return response, message.body
+        return response, message, verified
 
     # ---- REST
 
@@ -313,7 +356,7 @@ class ClientProxy:
         with structlog.contextvars.bound_contextvars(
             message_id=parsed.message_id, client=str(parsed.client), service=str(parsed.service)
         ):
-            self._local_client(request, parsed.client, conf)
+            local = self._local_client(request, parsed.client, conf)
             servers = self._provider_nodes(conf, parsed.service.provider, parsed.security_server)
             try:
                 part = RequestPart(
@@ -334,7 +377,7 @@ class ClientProxy:
                 )
             except ValueError as exc:
                 raise client_fault("BadRequest", f"the request cannot be carried: {exc}") from exc
-            response, response_body = await self._exchange(conf, part, body, servers)
+            response, response_body = await self._exchange(conf, local, part, body, servers)
             headers = response_headers(
                 response.headers,
                 client=part.client,
@@ -364,7 +407,7 @@ class ClientProxy:
         with structlog.contextvars.bound_contextvars(
             message_id=message.id, client=str(message.client), service=str(message.service)
         ):
-            self._local_client(request, message.client, conf)
+            local = self._local_client(request, message.client, conf)
             servers = self._provider_nodes(conf, message.service.provider, message.security_server)
             forwarded = tuple(
                 (name, value)
@@ -389,7 +432,7 @@ class ClientProxy:
                 )
             except ValueError as exc:
                 raise client_fault("BadRequest", f"the message cannot be carried: {exc}") from exc
-            response, response_body = await self._exchange(conf, part, body, servers)
+            response, response_body = await self._exchange(conf, local, part, body, servers)
             response_type = _header(response.headers, "Content-Type") or ""
             self._check_soap_response(message, response_body, response_type)
             log.info("exchange done", status=response.status)
@@ -414,15 +457,23 @@ class ClientProxy:
 CLIENT_PROXY_KEY: Final = web.AppKey("jisr_client_proxy", ClientProxy)
 
 
-def client_proxy_app(runtime: NodeRuntime, *, transport: TransportClient) -> web.Application:
+def client_proxy_app(
+    runtime: NodeRuntime, *, transport: TransportClient, message_log: MessageLog | None = None
+) -> web.Application:
     """The aiohttp application for the client-side listeners (HTTP 8080, HTTPS 8443).
 
     For connection type ``https_cert`` the HTTPS listener must ask for client certificates
     (``CERT_OPTIONAL``) that its context can verify; the certificate is then matched here by
-    SHA-256 against the client's registered hashes.
+    SHA-256 against the client's registered hashes. With ``message_log`` every request sent
+    and response received is logged before the exchange continues (fail closed); without one
+    nothing is logged (tests, tools).
     """
-    proxy = ClientProxy(runtime, transport)
-    app = web.Application(client_max_size=runtime.settings.max_body_bytes)
+    proxy = ClientProxy(runtime, transport, message_log=message_log)
+    # Bodies are carried as received: a gzip body stays gzip for the provider.
+    app = web.Application(
+        client_max_size=runtime.settings.max_body_bytes,
+        handler_args={"auto_decompress": False},
+    )
     app[CLIENT_PROXY_KEY] = proxy
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app

@@ -38,6 +38,7 @@ from cryptography import x509
 from config.errors import JisrError
 from gateway.faults import SERVER_PROXY, FaultError, from_error, server_proxy_fault
 from gateway.globalconf import GlobalConf, SecurityServer
+from gateway.log_record import LogEntry
 from gateway.multipart import parse_content_type, parse_multipart
 from gateway.rest import HEADER_ERROR, forwardable_headers, rest_error
 from gateway.soap import (
@@ -55,6 +56,8 @@ from gateway.transport import (
     ReplayGuard,
     RequestPart,
     ResponsePart,
+    TransportMessage,
+    VerifiedMessage,
     VerifiedSignatureCache,
     decode_message,
     encode_message,
@@ -63,7 +66,7 @@ from gateway.transport import (
 )
 from security_server import metaservices
 from security_server.peer_trust import PeerTrust
-from security_server.runtime import LocalService, NodeRuntime
+from security_server.runtime import LocalService, MessageLog, NodeRuntime
 from security_server.transport_client import MessageSealer, TransportClient
 
 log = structlog.get_logger("jisr.server_proxy")
@@ -117,9 +120,10 @@ def plain_fault_response(fault: FaultError) -> web.Response:
 class _Trusted(Exception):
     """Internal: a fault found after the request was trusted; answered as a signed response."""
 
-    def __init__(self, part: RequestPart, fault: FaultError) -> None:
+    def __init__(self, part: RequestPart, conf: GlobalConf, fault: FaultError) -> None:
         super().__init__(fault.message)
         self.part = part
+        self.conf = conf
         self.fault = fault
 
 
@@ -135,8 +139,10 @@ class ServerProxy:
         peer_trust: PeerTrust | None = None,
         replay_guard: ReplayGuard | None = None,
         verified_cache: VerifiedSignatureCache | None = None,
+        message_log: MessageLog | None = None,
     ) -> None:
         self._rt = runtime
+        self._log = message_log
         self._transport = transport
         self._sealer = sealer or MessageSealer(runtime.signers, runtime.clock)
         self._trust = peer_trust or PeerTrust()
@@ -147,7 +153,7 @@ class ServerProxy:
         try:
             return await self._handle(request)
         except _Trusted as trusted:
-            return await self._signed_fault(trusted.part, trusted.fault)
+            return await self._signed_fault(trusted.part, trusted.conf, trusted.fault)
         except FaultError as exc:
             return self._refused(exc)
         except JisrError as exc:
@@ -212,26 +218,78 @@ class ServerProxy:
                 verified, part.client.member, conf, now=now, prefix=SERVER_PROXY
             )
             try:
+                await self._log_request(message, verified, conf)
                 status, headers, body = await self._serve(part, message.body, peer, conf)
             except FaultError as fault:
-                raise _Trusted(part, fault) from fault
+                raise _Trusted(part, conf, fault) from fault
             except JisrError as exc:
-                raise _Trusted(part, from_error(exc, SERVER_PROXY)) from exc
-            response = await self._sealed_response(part, status, headers, body)
+                raise _Trusted(part, conf, from_error(exc, SERVER_PROXY)) from exc
+            response = await self._sealed_response(part, conf, status, headers, body)
             log.info("request served", status=status, peer=str(peer.id))
             return response
 
+    def _log_body(self, part: RequestPart) -> bool:
+        provider = self._rt.catalogue.client(part.service.provider)
+        return provider.body_logging if provider is not None else True
+
+    async def _log_request(
+        self, message: TransportMessage, verified: VerifiedMessage, conf: GlobalConf
+    ) -> None:
+        if self._log is None:
+            return
+        part = message.signed_part
+        assert isinstance(part, RequestPart)
+        self._log.check_accepting(self._rt.clock(), prefix=SERVER_PROXY)
+        await self._log.record(
+            LogEntry.for_message(
+                "request_in",
+                part,
+                signed_part_bytes=message.signed_part_bytes,
+                body=message.body,
+                log_body=self._log_body(part),
+                signature=message.signature,
+                proof=message.proof_bytes,
+                certificates=verified.certificates,
+                ocsp=message.ocsp,
+                conf_version=conf.version,
+            )
+        )
+
     async def _sealed_response(
-        self, part: RequestPart, status: int, headers: tuple[tuple[str, str], ...], body: bytes
+        self,
+        part: RequestPart,
+        conf: GlobalConf,
+        status: int,
+        headers: tuple[tuple[str, str], ...],
+        body: bytes,
     ) -> web.Response:
         answer = ResponsePart.answering(
             part, status=status, headers=headers, body=body, created_at=self._rt.clock()
         )
-        sealed, ocsp = await self._sealer.seal(part.service.member, answer, prefix=SERVER_PROXY)
-        content_type, data = encode_message(answer, body, sealed.proof, sealed.signature, ocsp)
+        seal = await self._sealer.seal(part.service.member, answer, prefix=SERVER_PROXY)
+        content_type, data = encode_message(
+            answer, body, seal.sealed.proof, seal.signature, seal.ocsp
+        )
+        if self._log is not None:
+            await self._log.record(
+                LogEntry.for_message(
+                    "response_out",
+                    answer,
+                    signed_part_bytes=answer.to_bytes(),
+                    body=body,
+                    log_body=self._log_body(part),
+                    signature=seal.signature,
+                    proof=seal.sealed.proof,
+                    certificates=seal.certificates,
+                    ocsp=seal.ocsp,
+                    conf_version=conf.version,
+                )
+            )
         return web.Response(status=200, body=data, headers={"Content-Type": content_type})
 
-    async def _signed_fault(self, part: RequestPart, fault: FaultError) -> web.StreamResponse:
+    async def _signed_fault(
+        self, part: RequestPart, conf: GlobalConf, fault: FaultError
+    ) -> web.StreamResponse:
         with structlog.contextvars.bound_contextvars(
             message_id=part.message_id, client=str(part.client), service=str(part.service)
         ):
@@ -246,10 +304,10 @@ class ServerProxy:
             else:
                 status, headers, body = rest_error(fault)
             try:
-                return await self._sealed_response(part, status, headers, body)
+                return await self._sealed_response(part, conf, status, headers, body)
             except FaultError as signing_failed:
                 log.error(
-                    "cannot sign the fault response",
+                    "cannot sign or log the fault response",
                     fault=signing_failed.fault_code,
                     detail=signing_failed.detail,
                 )
@@ -407,15 +465,22 @@ def _with_request_hash(
 SERVER_PROXY_KEY: Final = web.AppKey("jisr_server_proxy", ServerProxy)
 
 
-def server_proxy_app(runtime: NodeRuntime, *, transport: TransportClient) -> web.Application:
+def server_proxy_app(
+    runtime: NodeRuntime, *, transport: TransportClient, message_log: MessageLog | None = None
+) -> web.Application:
     """The aiohttp application for the node-to-node listener (port 5500, mutual TLS).
 
     The listener's SSL context must require client certificates chaining to the approved CAs
     (``security_server.tls.server_context(..., require_client_cert=True)``); which node the
     peer is, and whether it may speak for the request's client, is checked here per request.
+    With ``message_log`` every trusted request and every signed response is logged before the
+    exchange continues (fail closed).
     """
-    proxy = ServerProxy(runtime, transport)
-    app = web.Application(client_max_size=max_message_bytes(runtime.settings.max_body_bytes))
+    proxy = ServerProxy(runtime, transport, message_log=message_log)
+    app = web.Application(
+        client_max_size=max_message_bytes(runtime.settings.max_body_bytes),
+        handler_args={"auto_decompress": False},
+    )
     app[SERVER_PROXY_KEY] = proxy
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 
 import aiohttp
 import structlog
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
 
@@ -328,10 +329,25 @@ class TransportClient:
 # ---- sealing --------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Seal:
+    """What travels with one message: its share of a batch signature, the signer's chain and
+    the stapled OCSP response."""
+
+    sealed: Sealed
+    ocsp: bytes
+    #: The signing certificate and its chain (signer first), as the message log keeps them.
+    certificates: tuple[x509.Certificate, ...]
+
+    @property
+    def signature(self) -> bytes:
+        return self.sealed.signature
+
+
 @dataclasses.dataclass(slots=True)
 class _Waiting:
     part: SignedPart
-    future: asyncio.Future[tuple[Sealed, bytes]]
+    future: asyncio.Future[Seal]
 
 
 class MessageSealer:
@@ -344,9 +360,7 @@ class MessageSealer:
         self._pending: dict[tuple[MemberId, str], list[_Waiting]] = {}
         self._scheduled = False
 
-    async def seal(
-        self, member: MemberId, part: SignedPart, *, prefix: str
-    ) -> tuple[Sealed, bytes]:
+    async def seal(self, member: MemberId, part: SignedPart, *, prefix: str) -> Seal:
         """The message's proof and batch signature, and the OCSP response to staple."""
         loop = asyncio.get_running_loop()
         waiting = _Waiting(part, loop.create_future())
@@ -388,9 +402,10 @@ class MessageSealer:
                 if not waiting.future.done():
                     waiting.future.set_exception(exc)
             return
+        certificates = (signer.certificate, *signer.chain)
         for waiting, one in zip(queue, sealed, strict=True):
             if not waiting.future.done():
-                waiting.future.set_result((one, ocsp))
+                waiting.future.set_result(Seal(one, ocsp, certificates))
         if len(queue) > 1:
             log.debug("batch signed", member=str(member), size=len(queue))
 

@@ -32,7 +32,7 @@ from certs.profiles import cert_sha256
 from certs.signer import SoftwareSigner
 from certs.status import CertStatus
 from config.settings import NodeSettings
-from gateway.faults import client_proxy_fault
+from gateway.faults import FaultError, client_proxy_fault
 from gateway.globalconf import (
     ApprovedCa,
     GlobalConf,
@@ -47,6 +47,7 @@ from gateway.globalconf import (
 )
 from gateway.globalconf import OcspResponder as ConfOcspResponder
 from gateway.identifiers import ClientId, MemberId, SecurityServerId, ServiceId, SubsystemId
+from gateway.log_record import LogEntry
 from gateway.multipart import Part, build_multipart, parse_multipart
 from gateway.soap import build_request as build_soap_request
 from gateway.soap import build_response, parse_soap_request
@@ -137,6 +138,23 @@ class FakeSigners:
 
     def ocsp_for(self, cert: x509.Certificate) -> bytes | None:
         return self.ocsp.get(cert.public_bytes(serialization.Encoding.DER))
+
+
+class FakeMessageLog:
+    """A MessageLog keeping entries in a list; ``failing`` makes it refuse like a dead database."""
+
+    def __init__(self, prefix: str) -> None:
+        self.entries: list[LogEntry] = []
+        self.failing = False
+        self.prefix = prefix
+
+    async def record(self, entry: LogEntry) -> None:
+        if self.failing:
+            raise FaultError(f"{self.prefix}.LoggingFailed", "the message log cannot be written")
+        self.entries.append(entry)
+
+    def check_accepting(self, now: dt.datetime, *, prefix: str = "Server.ClientProxy") -> None:
+        return None
 
 
 class FakeCatalogue:
@@ -280,6 +298,12 @@ class Network:
     consumer_auth: Issued
     provider_auth: Issued
     consumer_tls: TlsFiles
+    consumer_log: FakeMessageLog = dataclasses.field(
+        default_factory=lambda: FakeMessageLog("Server.ClientProxy")
+    )
+    provider_log: FakeMessageLog = dataclasses.field(
+        default_factory=lambda: FakeMessageLog("Server.ServerProxy")
+    )
     client_url: str = ""
     client_https_url: str = ""
     is_cert: Issued | None = None
@@ -498,11 +522,15 @@ async def two_nodes(tmp_path: Path, *, max_body_bytes: int = 1024 * 1024) -> Asy
             password=PASSPHRASE,
             client_roots=[pki.root.cert],
         )
-        client_app = client_proxy_app(consumer_runtime, transport=consumer_transport)
+        client_app = client_proxy_app(
+            consumer_runtime, transport=consumer_transport, message_log=net.consumer_log
+        )
         try:
             async with (
                 serve_app(
-                    server_proxy_app(provider_runtime, transport=provider_transport),
+                    server_proxy_app(
+                        provider_runtime, transport=provider_transport, message_log=net.provider_log
+                    ),
                     ssl_context=sctx,
                 ) as node_url,
                 serve_app(client_app) as url,

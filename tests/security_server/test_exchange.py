@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import pytest
 from certs.signer import SoftwareSigner
 from gateway.faults import CLIENT_PROXY
 from gateway.identifiers import ServiceId
+from gateway.log_record import check_entry
 from gateway.multipart import Part, build_multipart, parse_multipart
 from gateway.soap import build_request, parse_soap_response
 from gateway.transport import (
@@ -35,6 +37,7 @@ from tests.security_server.fakes import (
     Clock,
     FakeSigners,
     Network,
+    assert_still_serving,
     der,
     two_nodes,
 )
@@ -170,20 +173,21 @@ async def test_messages_queued_together_share_one_batch_signature() -> None:
     sealer = MessageSealer(signers, Clock())
     parts = [_part(f"batch-{i}") for i in range(5)]
     results = await asyncio.gather(*(sealer.seal(HJC, p, prefix=CLIENT_PROXY) for p in parts))
-    assert len({sealed.signature for sealed, _ in results}) == 1
-    assert {sealed.proof.tree_size for sealed, _ in results} == {5}
+    assert len({seal.signature for seal in results}) == 1
+    assert {seal.sealed.proof.tree_size for seal in results} == {5}
+    assert results[0].certificates == (issued.cert,)
     cache = VerifiedSignatureCache()
     from_cache = []
-    for part, (sealed, ocsp) in zip(parts, results, strict=True):
-        content_type, data = encode_message(part, b"", sealed.proof, sealed.signature, ocsp)
+    for part, seal in zip(parts, results, strict=True):
+        content_type, data = encode_message(part, b"", seal.sealed.proof, seal.signature, seal.ocsp)
         message = decode_message(content_type, data)
         verified = verify_message(message, verified_cache=cache, now=NOW)
         assert verified.signed_part == part
         from_cache.append(verified.from_cache)
     assert from_cache == [False, True, True, True, True]
     # an idle sealer signs a lone message at once, in a tree of one
-    sealed, _ = await sealer.seal(HJC, _part("alone"), prefix=CLIENT_PROXY)
-    assert sealed.proof.tree_size == 1
+    seal = await sealer.seal(HJC, _part("alone"), prefix=CLIENT_PROXY)
+    assert seal.sealed.proof.tree_size == 1
 
 
 async def test_concurrent_calls_all_succeed(net: Network) -> None:
@@ -200,3 +204,81 @@ async def test_concurrent_calls_all_succeed(net: Network) -> None:
         statuses = await asyncio.gather(*(one(i) for i in range(20)))
     assert statuses == [200] * 20
     assert sorted(s.path_qs for s in net.seen) == sorted(f"/rest/citizens/{i}" for i in range(20))
+
+
+async def test_compressed_bodies_travel_as_sent(net: Network) -> None:
+    compressed = gzip.compress(b'{"name":"Ali"}')
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.post(
+            f"{net.client_url}{CITIZEN}/citizens",
+            data=compressed,
+            headers={
+                "X-Road-Client": str(CONSUMER),
+                "Content-Type": "application/json",
+                "Content-Encoding": "gzip",
+            },
+        ) as response,
+    ):
+        assert response.status == 201, await response.read()
+    assert net.seen[-1].body == b'{"name":"Ali"}'  # the provider's server inflated it itself
+
+
+async def test_soap_with_byte_order_mark_is_accepted_and_hashed_as_sent(net: Network) -> None:
+    request = b"\xef\xbb\xbf" + soap_request(message_id="bom-1")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            net.client_url + "/", data=request, headers={"Content-Type": "text/xml"}
+        ) as response,
+    ):
+        body = await response.read()
+        assert response.status == 200, body
+    parsed = parse_soap_response(body, "text/xml", max_bytes=1_000_000)
+    expected = base64.b64encode(hashlib.sha512(request).digest()).decode()
+    assert parsed.request_hash is not None  # type: ignore[union-attr]
+    assert parsed.request_hash.value == expected  # type: ignore[union-attr]
+    assert net.seen[-1].body == request
+
+
+async def test_both_nodes_log_every_signed_message_before_going_on(net: Network) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{net.client_url}{CITIZEN}/citizens/9",
+            headers={"X-Road-Client": str(CONSUMER), "X-Road-Id": "logged-1"},
+        ) as response,
+    ):
+        assert response.status == 200
+    consumer = [(e.direction, e.message_id) for e in net.consumer_log.entries]
+    provider = [(e.direction, e.message_id) for e in net.provider_log.entries]
+    assert consumer == [("request_out", "logged-1"), ("response_in", "logged-1")]
+    assert provider == [("request_in", "logged-1"), ("response_out", "logged-1")]
+    for entry in net.consumer_log.entries + net.provider_log.entries:
+        assert check_entry(entry) == []
+    assert net.consumer_log.entries[0].signed_part == net.provider_log.entries[0].signed_part
+    assert net.consumer_log.entries[1].signed_part == net.provider_log.entries[1].signed_part
+
+
+async def test_refuses_to_exchange_when_the_message_log_fails(net: Network) -> None:
+    net.consumer_log.failing = True
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{net.client_url}{CITIZEN}/citizens/9", headers={"X-Road-Client": str(CONSUMER)}
+        ) as response,
+    ):
+        assert response.headers["X-Road-Error"] == "Server.ClientProxy.LoggingFailed"
+    assert not net.seen
+    net.consumer_log.failing = False
+    net.provider_log.failing = True
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{net.client_url}{CITIZEN}/citizens/9", headers={"X-Road-Client": str(CONSUMER)}
+        ) as response,
+    ):
+        assert response.headers["X-Road-Error"] == "Server.ServerProxy.LoggingFailed"
+    assert not net.seen
+    net.provider_log.failing = False
+    await assert_still_serving(net)
