@@ -74,6 +74,7 @@ log = structlog.get_logger(__name__)
 
 DATABASE_NAME = "jisr_node"
 MIGRATIONS = "security_server.migrations"
+LOG_MIGRATIONS = "security_server.log_migrations"
 WATCH_INTERVAL_S = 2.0
 SHUTDOWN_TIMEOUT_S = 5.0
 
@@ -89,6 +90,8 @@ async def open_node_database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         min_size=settings.database.min_pool,
         max_size=settings.database.max_pool,
     ) as pool:
+        async with pool.acquire() as conn:
+            await apply_migrations(conn, LOG_MIGRATIONS)
         yield pool
 
 
@@ -254,14 +257,16 @@ class RunningNode:
         }
 
 
-async def _run_exchange_imports() -> tuple[Any, Any, Any]:
-    # Imported here: the exchange handlers are large and pull in the whole gateway; the rest of
-    # the assembly (and its tests) does not need them.
+async def _run_exchange_imports() -> tuple[Any, Any, Any, Any, Any]:
+    # Imported here: the exchange handlers and the message log are large and pull in the whole
+    # gateway; the rest of the assembly (and its tests) does not need them.
     from security_server.client_proxy import client_proxy_app
+    from security_server.message_log import PostgresMessageLog
     from security_server.server_proxy import server_proxy_app
+    from security_server.timestamper import Timestamper
     from security_server.transport_client import TransportClient
 
-    return client_proxy_app, server_proxy_app, TransportClient
+    return client_proxy_app, server_proxy_app, TransportClient, PostgresMessageLog, Timestamper
 
 
 @contextlib.asynccontextmanager
@@ -291,6 +296,7 @@ async def running_node(
         return
     async with pool.acquire() as conn:
         await apply_migrations(conn, MIGRATIONS)
+        await apply_migrations(conn, LOG_MIGRATIONS)
 
     ns = settings.node
     server_id = SecurityServerId.parse(ns.server_id)
@@ -299,7 +305,13 @@ async def running_node(
     signers = keys.load_signers(passphrase)
     if server_id.owner not in signers:
         log.warning("no signing certificate for the owner member", member=str(server_id.owner))
-    client_proxy_app, server_proxy_app, transport_class = await _run_exchange_imports()
+    (
+        client_proxy_app,
+        server_proxy_app,
+        transport_class,
+        log_class,
+        timestamper_class,
+    ) = await _run_exchange_imports()
 
     stack = contextlib.AsyncExitStack()
     async with stack:
@@ -334,6 +346,14 @@ async def running_node(
         )
         transport = transport_class(runtime)
         stack.push_async_callback(transport.close)
+        timestamper = timestamper_class(pool, conf, session, clock=clock)
+        await timestamper.start()
+        stack.push_async_callback(timestamper.close)
+        message_log = log_class(pool, server_id, clock=clock, timestamper=timestamper)
+        await message_log.start()
+        # Closed after the listeners (pushed later, so cleaned up earlier): queued records are
+        # written before the log stops.
+        stack.push_async_callback(message_log.close)
 
         used: dict[str, object] = {
             "roots": approved_roots(conf.latest),
@@ -341,13 +361,13 @@ async def running_node(
         }
         passphrase_bytes = passphrase.encode("utf-8")
         client_runner = web.AppRunner(
-            client_proxy_app(runtime, transport=transport),
+            client_proxy_app(runtime, transport=transport, message_log=message_log),
             handle_signals=False,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         )
         server_runner = web.AppRunner(
-            server_proxy_app(runtime, transport=transport),
+            server_proxy_app(runtime, transport=transport, message_log=message_log),
             handle_signals=False,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,

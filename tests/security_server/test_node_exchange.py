@@ -159,6 +159,9 @@ async def test_consumer_node_reaches_provider_service_through_provider_node(
                 assert await resp.json() == {"nationalId": "19900101", "alive": False}
                 assert resp.headers.get("X-Road-Request-Hash")
             assert seen == ["/api/citizens/19900101"]
+            async with consumer_pool.acquire() as conn:
+                logged = await conn.fetchval("SELECT count(*) FROM message_log")
+            assert logged == 2  # the request as sent and the response as received
 
             async with session.delete(url + "/citizens/19900101", headers=headers) as resp:
                 assert resp.status >= 400
