@@ -202,12 +202,12 @@ class TransportClient:
         """POST a sealed request to the first node that accepts a connection; its answer."""
         settings = self._runtime.settings
         errors: list[str] = []
-        ssl_failure = False
+        tls_failures = 0
         for server in self.order_nodes(servers):
             url = f"https://{server.address}{EXCHANGE_PATH}"
             if not server.auth_certs:
                 errors.append(f"{server.id} has no registered authentication certificate")
-                ssl_failure = True
+                tls_failures += 1
                 continue
             started = time.monotonic()
             timeout = aiohttp.ClientTimeout(
@@ -229,7 +229,7 @@ class TransportClient:
                     answer = HttpAnswer(response.status, headers, body)
             except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
                 self._failed(server)
-                ssl_failure = True
+                tls_failures += 1
                 errors.append(f"{server.id}: TLS authentication failed ({exc})")
                 continue
             except aiohttp.ClientConnectorError as exc:
@@ -255,7 +255,7 @@ class TransportClient:
             self._answer_time[str(server.id)] = time.monotonic() - started
             self._failed_until.pop(str(server.id), None)
             return server, answer
-        name = "SslAuthenticationFailed" if ssl_failure and len(errors) == 1 else "NetworkError"
+        name = "SslAuthenticationFailed" if tls_failures == len(errors) else "NetworkError"
         raise _fault(
             CLIENT_PROXY,
             name,

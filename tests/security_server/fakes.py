@@ -74,6 +74,7 @@ CERT_ONLY = SubsystemId("IQ", "GOV", "HJC", "archive")
 PROVIDER = SubsystemId("IQ", "GOV", "NDC", "population")
 CONSUMER_NODE = SecurityServerId("IQ", "GOV", "HJC", "ss1")
 PROVIDER_NODE = SecurityServerId("IQ", "GOV", "NDC", "ss1")
+SPARE_PROVIDER_NODE = SecurityServerId("IQ", "GOV", "NDC", "ss2")
 
 PROVIDER_NS = "http://ndc.gov.iq/population"
 CITIZEN_PATH = "/r1/IQ/GOV/NDC/population/getCitizen"
@@ -356,7 +357,15 @@ def _conf(
     consumer_auth: Issued,
     provider_auth: Issued,
     provider_port: int,
+    spare: Issued | None = None,
 ) -> GlobalConf:
+    spare_nodes = []
+    if spare is not None:
+        spare_nodes.append(
+            SecurityServer(
+                SPARE_PROVIDER_NODE, f"127.0.0.1:{_free_port()}", (spare.cert,), (PROVIDER,)
+            )
+        )
 
     return build_globalconf(
         "IQ",
@@ -377,6 +386,7 @@ def _conf(
                 (consumer_auth.cert,),
                 (CONSUMER, HTTPS_ONLY, CERT_ONLY),
             ),
+            *spare_nodes,
             SecurityServer(
                 PROVIDER_NODE, f"127.0.0.1:{provider_port}", (provider_auth.cert,), (PROVIDER,)
             ),
@@ -396,8 +406,14 @@ def _conf(
 
 
 @contextlib.asynccontextmanager
-async def two_nodes(tmp_path: Path, *, max_body_bytes: int = 1024 * 1024) -> AsyncIterator[Network]:
-    """A consumer node (HJC) and a provider node (NDC) with a provider IS, all listening."""
+async def two_nodes(
+    tmp_path: Path, *, max_body_bytes: int = 1024 * 1024, spare_node: bool = False
+) -> AsyncIterator[Network]:
+    """A consumer node (HJC) and a provider node (NDC) with a provider IS, all listening.
+
+    With ``spare_node`` the configuration lists, before the real one, a second provider node
+    that is down (nothing listens on its port).
+    """
     pki = FixturePki.create(now=NOW)
     responder_cert = pki.ocsp_responder()
     statuses: dict[int, CertStatus] = {}
@@ -539,7 +555,10 @@ async def two_nodes(tmp_path: Path, *, max_body_bytes: int = 1024 * 1024) -> Asy
                 net.client_url = url
                 net.client_https_url = https_url
                 net.provider_node_url = node_url
-                conf = _conf(pki, responder_cert, consumer_auth, provider_auth, _port(node_url))
+                spare = pki.authentication(str(SPARE_PROVIDER_NODE)) if spare_node else None
+                conf = _conf(
+                    pki, responder_cert, consumer_auth, provider_auth, _port(node_url), spare
+                )
                 consumer_conf.conf = provider_conf.conf = conf
                 yield net
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from tests.security_server.fakes import (
     HJC,
     HTTPS_ONLY,
     NDC,
+    PROVIDER_NODE,
     Network,
     assert_still_serving,
     call,
@@ -283,4 +285,30 @@ async def test_refuses_when_the_node_has_no_signing_key_for_the_member(net: Netw
     reply = await rest(net, CITIZEN_PATH)
     assert reply.error == "Server.ClientProxy.CannotCreateSignature"
     net.install_signer(net.consumer_signers, HJC, net.pki.signing(str(HJC)))
+    await assert_still_serving(net)
+
+
+async def test_falls_back_to_another_node_serving_the_provider(tmp_path: Path) -> None:
+    async with two_nodes(tmp_path, spare_node=True) as net:
+        for _ in range(2):
+            reply = await rest(net, CITIZEN_PATH + "/citizens/1")
+            assert reply.status == 200, reply
+        reply = await rest(net, CITIZEN_PATH, headers={"X-Road-Security-Server": "IQ/GOV/NDC/ss2"})
+        assert reply.error == "Server.ClientProxy.NetworkError"
+        await assert_still_serving(net)
+
+
+async def test_refuses_provider_node_presenting_an_unregistered_certificate(net: Network) -> None:
+    conf = net.consumer_conf.conf
+    assert conf is not None
+    impostor = net.pki.authentication(str(PROVIDER_NODE))
+    servers = tuple(
+        dataclasses.replace(s, auth_certs=(impostor.cert,)) if s.id == PROVIDER_NODE else s
+        for s in conf.security_servers
+    )
+    net.consumer_conf.conf = dataclasses.replace(conf, security_servers=servers)
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ClientProxy.SslAuthenticationFailed"
+    assert not net.seen
+    net.consumer_conf.conf = conf
     await assert_still_serving(net)
