@@ -231,7 +231,7 @@ class ClientProxy:
                 f"client {local.client_id} must present its registered TLS client certificate",
             )
         digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-        known = {h.lower().removeprefix("sha256:") for h in local.tls_cert_hashes}
+        known = {h.lower().removeprefix("sha256:").replace(":", "") for h in local.tls_cert_hashes}
         if digest not in known:
             raise client_proxy_fault(
                 "SslAuthenticationFailed",

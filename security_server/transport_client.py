@@ -34,6 +34,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
+from yarl import URL
 
 from certs.signer import Signer
 from config.errors import JisrError
@@ -292,7 +293,9 @@ class TransportClient:
         try:
             async with self._service_session().request(
                 method,
-                url,
+                # encoded=True: the path and query reach the service byte for byte as the client
+                # sent them (no re-quoting, no normalising of percent-escapes).
+                URL(url, encoded=True),
                 headers=CIMultiDict(headers),
                 data=data,
                 timeout=timeout,

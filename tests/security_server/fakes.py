@@ -208,14 +208,14 @@ def provider_is_app(seen: list[SeenRequest]) -> web.Application:
     async def record(request: web.Request) -> bytes:
         body = await request.read()
         seen.append(
-            SeenRequest(request.method, request.path_qs, list(request.headers.items()), body)
+            SeenRequest(request.method, request.raw_path, list(request.headers.items()), body)
         )
         return body
 
     async def rest(request: web.Request) -> web.Response:
         body = await record(request)
         return web.json_response(
-            {"path": request.path_qs, "method": request.method, "body": body.decode()},
+            {"path": request.raw_path, "method": request.method, "body": body.decode()},
             headers={"X-Provider": "ndc", "Connection": "keep-alive"},
             status=201 if request.method == "POST" else 200,
         )

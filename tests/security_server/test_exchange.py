@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yarl
 
 from certs.signer import SoftwareSigner
 from gateway.faults import CLIENT_PROXY
@@ -282,3 +283,16 @@ async def test_refuses_to_exchange_when_the_message_log_fails(net: Network) -> N
     assert not net.seen
     net.provider_log.failing = False
     await assert_still_serving(net)
+
+
+async def test_path_and_query_reach_the_provider_exactly_as_sent(net: Network) -> None:
+    target = "/citizens/a%2fb/%D8%B9%D9%84%D9%8A?name=%d8%b9&x=%41+b"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            yarl.URL(f"{net.client_url}{CITIZEN}{target}", encoded=True),
+            headers={"X-Road-Client": str(CONSUMER)},
+        ) as response,
+    ):
+        assert response.status == 200, await response.read()
+    assert net.seen[-1].path_qs == "/rest" + target
