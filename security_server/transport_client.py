@@ -401,9 +401,13 @@ class MessageSealer:
                 batch.add(waiting.part)
             sealed = batch.sign(now=self._clock(), prefix=prefix)
         except FaultError as exc:
-            for waiting in queue:
-                if not waiting.future.done():
-                    waiting.future.set_exception(exc)
+            self._fail(queue, exc)
+            return
+        except Exception:
+            # Runs as a loop callback: an escaping exception would leave every waiter hanging.
+            fault = _fault(prefix, "CannotCreateSignature", "signing failed; see the node's log")
+            log.exception("signing failed", member=str(member), detail=fault.detail)
+            self._fail(queue, fault)
             return
         certificates = (signer.certificate, *signer.chain)
         for waiting, one in zip(queue, sealed, strict=True):
@@ -411,6 +415,12 @@ class MessageSealer:
                 waiting.future.set_result(Seal(one, ocsp, certificates))
         if len(queue) > 1:
             log.debug("batch signed", member=str(member), size=len(queue))
+
+    @staticmethod
+    def _fail(queue: list[_Waiting], fault: FaultError) -> None:
+        for waiting in queue:
+            if not waiting.future.done():
+                waiting.future.set_exception(fault)
 
     def _signer(self, member: MemberId, prefix: str) -> Signer:
         try:

@@ -15,7 +15,7 @@ import pytest
 import yarl
 
 from certs.signer import SoftwareSigner
-from gateway.faults import CLIENT_PROXY
+from gateway.faults import CLIENT_PROXY, FaultError
 from gateway.identifiers import ServiceId
 from gateway.log_record import check_entry
 from gateway.multipart import Part, build_multipart, parse_multipart
@@ -296,3 +296,24 @@ async def test_path_and_query_reach_the_provider_exactly_as_sent(net: Network) -
     ):
         assert response.status == 200, await response.read()
     assert net.seen[-1].path_qs == "/rest" + target
+
+
+async def test_a_broken_signer_fails_its_batch_instead_of_hanging() -> None:
+    class BrokenSigner(SoftwareSigner):
+        def sign(self, data: bytes) -> bytes:
+            raise RuntimeError("token removed")
+
+    pki = FixturePki.create(now=NOW)
+    issued = pki.signing(str(HJC))
+    signers = FakeSigners()
+    signers.signers[HJC] = BrokenSigner(issued.key, issued.cert)
+    signers.ocsp[der(issued.cert)] = b"stapled"
+    sealer = MessageSealer(signers, Clock())
+    results = await asyncio.gather(
+        *(sealer.seal(HJC, _part(f"broken-{i}"), prefix=CLIENT_PROXY) for i in range(3)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, FaultError) for r in results)
+    assert {r.fault_code for r in results if isinstance(r, FaultError)} == {
+        "Server.ClientProxy.CannotCreateSignature"
+    }
