@@ -941,7 +941,8 @@ class _Audit:
         if a.sequence != b.sequence + 1:
             problems.append(
                 f"archive(s) {b.sequence + 1}..{a.sequence - 1} are missing between "
-                f"{before.label} and {after.label} (deleted?)"
+                f"{before.label} (ends at record {b.records.last_sequence}) and {after.label} "
+                f"(starts at record {a.records.first_sequence}); deleted?"
             )
         previous = a.previous
         if previous is None:

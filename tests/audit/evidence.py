@@ -202,7 +202,10 @@ class NodeLog:
         *,
         log_body: bool = True,
         conf_version: int = 1,
+        ocsp_at: dt.datetime | None = None,
     ) -> LogEntry:
+        """The entry as logged; the stapled OCSP response is fetched at ``ocsp_at`` (default
+        five minutes before signing, as a node refreshes it ahead of time)."""
         cert = self.federation.members[member].cert
         return LogEntry.for_message(
             direction,
@@ -213,12 +216,19 @@ class NodeLog:
             signature=sealed.signature,
             proof=sealed.proof,
             certificates=[cert.public_bytes(Encoding.DER)],
-            ocsp=self.federation.ocsp(cert, at - dt.timedelta(minutes=5)),
+            ocsp=self.federation.ocsp(cert, ocsp_at or at - dt.timedelta(minutes=5)),
             conf_version=conf_version,
         )
 
     def exchanges(
-        self, count: int, at: dt.datetime, *, log_body: bool = True, conf_version: int = 1
+        self,
+        count: int,
+        at: dt.datetime,
+        *,
+        log_body: bool = True,
+        conf_version: int = 1,
+        request_signer: MemberId = HJC,
+        ocsp_at: dt.datetime | None = None,
     ) -> list[Exchange]:
         """``count`` REST exchanges HJC → NDC, requests and responses each signed in one batch."""
         requests = [
@@ -250,15 +260,29 @@ class NodeLog:
             )
             for r, b in zip(requests, bodies, strict=True)
         ]
-        sealed_requests = self.sign(requests, HJC, at)
+        sealed_requests = self.sign(requests, request_signer, at)
         sealed_responses = self.sign(responses, NDC, later)
         result = []
         for sreq, sresp, body in zip(sealed_requests, sealed_responses, bodies, strict=True):
             request = self.entry(
-                "request_out", sreq, b"", HJC, at, log_body=log_body, conf_version=conf_version
+                "request_out",
+                sreq,
+                b"",
+                request_signer,
+                at,
+                log_body=log_body,
+                conf_version=conf_version,
+                ocsp_at=ocsp_at,
             )
             response = self.entry(
-                "response_in", sresp, body, NDC, later, log_body=log_body, conf_version=conf_version
+                "response_in",
+                sresp,
+                body,
+                NDC,
+                later,
+                log_body=log_body,
+                conf_version=conf_version,
+                ocsp_at=ocsp_at,
             )
             result.append(Exchange(request, response))
         return result
