@@ -2,26 +2,75 @@
 
 Rules:
 
-- The embedded PostgreSQL, the CA with its OCSP responder and TSA, and the central registry are
-  started in the benchmark's own process with the demo's functions (:mod:`jisr.demo.network`);
-  each node is set up with the ``jisr node`` command, as an operator would, and runs as its
-  own process (``jisr node serve``), so that its CPU time and memory are its own.
-- A node network that cannot be built (the ``jisr node`` command missing, a step failing) is
-  reported as :class:`NodesUnavailable` with the reason; the benchmark then still measures the
-  baseline and records why the nodes were skipped.
+- The embedded PostgreSQL, the CA with its OCSP responder and TSA, and the central registry
+  (auto-approval on, the demo members) run in the benchmark's own process, started with the
+  demo's functions (:mod:`jisr.demo.network`). The nodes' databases live in the same embedded
+  PostgreSQL, one database per node, so its CPU time can be reported beside the nodes'.
+- Each node is set up with the functions behind ``jisr node init``, ``import-cert``,
+  ``register``, ``add-client``, ``service add`` and ``access grant`` and runs as its own process,
+  ``jisr node serve``, so that its CPU time and memory are its own. Consumer:
+  ``IQ/GOV/HJC/ss1`` hosting ``IQ/GOV/HJC/inheritance``; provider: ``IQ/GOV/NDC/ss1`` hosting
+  ``IQ/GOV/NDC/population`` with the bench service's three services.
+- The network is ready when a request through both nodes is answered; a network that cannot be
+  built (a step refused, the exchange never answering) is reported as
+  :class:`NodesUnavailable` with the reason and the logs to read; the benchmark then still
+  measures the baseline and records why the nodes were skipped.
+- ``lost_records``: each node's message log must hold one request and one response record per
+  successful call, all timestamped; the benchmark waits (bounded) for the last batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-import importlib.util
+import datetime as dt
+import os
+import socket
+import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any, Final, Literal
+
+import aiohttp
+import asyncpg
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from bench.errors import BenchError
 from bench.processes import Children
-from bench.scenarios import Parties
+from bench.scenarios import (
+    ECHO_SERVICE_CODE,
+    SMALL_SERVICE_CODE,
+    SOAP_SERVICE_CODE,
+    Parties,
+    node_spec,
+)
+from config.errors import JisrError
+from gateway.identifiers import SecurityServerId, SubsystemId
+from jisr.demo.network import TrustServices, embedded_postgres, registry, trust_services
+from security_server.catalogue_store import CatalogueStore
+from security_server.conf_client import ConfClient
+from security_server.node_dir import NodeDir
+from security_server.node_keys import AUTH_LABEL, NodeKeys, import_certificate, initialise_node
+from security_server.registration import client_request, register_server
+from storage.database import ensure_database, open_pool
+
+#: Passphrase of the benchmark nodes' keys: throw-away keys of one run, never printed.
+NODE_PASSPHRASE: Final = "jisr-bench-only-passphrase"  # noqa: S105 (a published bench value)
+CONSUMER_SERVER: Final = SecurityServerId.parse("IQ/GOV/HJC/ss1")
+PROVIDER_SERVER: Final = SecurityServerId.parse("IQ/GOV/NDC/ss1")
+PARTIES: Final = Parties(
+    SubsystemId.parse("IQ/GOV/HJC/inheritance"), SubsystemId.parse("IQ/GOV/NDC/population")
+)
+#: How often the benchmark's nodes poll the registry (the default is 60 s).
+CONF_POLL_S: Final = 5
+READY_TIMEOUT_S: Final = 180.0
+#: Longest wait for the last timestamping batch after the load (the default interval is 60 s).
+TIMESTAMP_WAIT_S: Final = 180.0
+_ACTOR: Final = "bench"
+_CONSUMER_DIRECTIONS: Final = ("request_out", "response_in")
+_PROVIDER_DIRECTIONS: Final = ("request_in", "response_out")
 
 
 class NodesUnavailable(BenchError):
@@ -29,26 +78,303 @@ class NodesUnavailable(BenchError):
 
 
 @dataclasses.dataclass
+class RunningNodeProcess:
+    name: str
+    directory: Path
+    database_url: str
+    pid: int
+    endpoints: dict[str, Any]
+    directions: tuple[str, str]
+
+
+@dataclasses.dataclass
 class NodeNetwork:
     """The running node network as the benchmark uses it."""
 
-    #: Base URL of the consumer node's client side (plain HTTP).
-    consumer_url: str
+    consumer: RunningNodeProcess
+    provider: RunningNodeProcess
     parties: Parties
-    #: Processes whose CPU time and memory are the nodes' (name → pid).
-    node_pids: Mapping[str, int]
+    #: Whether the nodes write a message log (the table exists and the probe call was logged).
     message_log: bool
-    batch_timestamping: bool
-    #: The embedded PostgreSQL's postmaster, when the nodes' databases live in it.
-    postgres_pid: int | None = None
+    #: The embedded PostgreSQL's postmaster, when known.
+    postgres_pid: int | None
+    #: Successful calls made by the benchmark itself (the readiness probe).
+    probe_calls: int = 0
+    batch_timestamping: bool = False
 
-    async def lost_records(self, successful_calls: int) -> dict[str, object] | None:
+    @property
+    def consumer_url(self) -> str:
+        return str(self.consumer.endpoints["client_http"])
+
+    @property
+    def node_pids(self) -> dict[str, int]:
+        return {"consumer node": self.consumer.pid, "provider node": self.provider.pid}
+
+    async def lost_records(self, successful_calls: int) -> dict[str, Any] | None:
         """Compare each node's message log with the calls that succeeded; None: no log."""
+        if not self.message_log:
+            return None
+        expected = successful_calls + self.probe_calls
+        deadline = time.monotonic() + TIMESTAMP_WAIT_S
+        while True:
+            counts = {node.name: await _log_counts(node) for node in (self.consumer, self.provider)}
+            waiting = sum(c["untimestamped"] for c in counts.values())
+            if waiting == 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1.0)
+        lost = 0
+        extra = 0
+        for node in (self.consumer, self.provider):
+            found = counts[node.name]
+            for direction in node.directions:
+                lost += max(0, expected - found[direction])
+                extra += max(0, found[direction] - expected)
+            lost += found["untimestamped"]
+        self.batch_timestamping = any(c["timestamped"] for c in counts.values())
+        return {
+            "lost_records": lost,
+            "extra_records": extra,
+            "expected_per_direction": expected,
+            "per_node": counts,
+            "timestamp_wait_s": round(TIMESTAMP_WAIT_S - max(0.0, deadline - time.monotonic()), 1),
+        }
+
+
+async def _log_counts(node: RunningNodeProcess) -> dict[str, int]:
+    conn = await asyncpg.connect(node.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT direction, count(*) AS total, count(batch_id) AS stamped "
+            "FROM message_log GROUP BY direction"
+        )
+    finally:
+        await conn.close()
+    counts = {direction: 0 for direction in node.directions}
+    counts["untimestamped"] = 0
+    counts["timestamped"] = 0
+    for row in rows:
+        counts[row["direction"]] = counts.get(row["direction"], 0) + int(row["total"])
+        counts["timestamped"] += int(row["stamped"])
+        counts["untimestamped"] += int(row["total"]) - int(row["stamped"])
+    return counts
+
+
+async def _has_message_log(url: str) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        table = await conn.fetchval("SELECT to_regclass('message_log')")
+        if table is None:
+            return False
+        return bool(await conn.fetchval("SELECT count(*) FROM message_log"))
+    finally:
+        await conn.close()
+
+
+def _free_port() -> int:
+    """A port free right now, for the one listener whose address must be known in advance:
+    the server side a node registers (``public_address``) before it starts."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _fresh_database(server_url: str, name: str) -> str:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+    return await ensure_database(server_url, name)
+
+
+def bench_wsdl(address: str) -> bytes:
+    """The SOAP service's description: one operation, ``benchSoap``."""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<wsdl:definitions xmlns:wsdl="http://schemas.xmlsoap.org/wsdl/"
+    xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/"
+    xmlns:tns="http://jisr.example/bench" targetNamespace="http://jisr.example/bench"
+    name="bench">
+  <wsdl:portType name="benchPortType">
+    <wsdl:operation name="{SOAP_SERVICE_CODE}"/>
+  </wsdl:portType>
+  <wsdl:binding name="benchBinding" type="tns:benchPortType">
+    <soap:binding style="document" transport="http://schemas.xmlsoap.org/soap/http"/>
+    <wsdl:operation name="{SOAP_SERVICE_CODE}">
+      <soap:operation soapAction=""/>
+    </wsdl:operation>
+  </wsdl:binding>
+  <wsdl:service name="benchService">
+    <wsdl:port name="benchPort" binding="tns:benchBinding">
+      <soap:address location="{address}"/>
+    </wsdl:port>
+  </wsdl:service>
+</wsdl:definitions>
+""".encode()
+
+
+def _certify(directory: Path, trust: TrustServices, now: dt.datetime) -> None:
+    """The CA issues the node's certificates from its CSRs; the node imports them."""
+    node = NodeDir(directory)
+    ca = trust.ca
+    chain = b"".join(c.public_bytes(Encoding.PEM) for c in (*ca.intermediates, ca.root_certificate))
+    for label in NodeKeys(node).store.labels():
+        profile: Literal["auth", "sign"] = "auth" if label == AUTH_LABEL else "sign"
+        issued = ca.issue(node.csr_file(label).read_bytes(), profile, now=now)
+        import_certificate(directory, issued.public_bytes(Encoding.PEM), chain=chain, now=now)
+
+
+async def _set_up_node(
+    name: str,
+    directory: Path,
+    *,
+    server: SecurityServerId,
+    client: SubsystemId,
+    anchor: bytes,
+    server_url: str,
+    trust: TrustServices,
+    session: aiohttp.ClientSession,
+    now: dt.datetime,
+) -> str:
+    """``jisr node init``, ``import-cert``, ``register``, ``add-client``; returns the DB URL."""
+    url = await _fresh_database(server_url, f"bench_{name}")
+    port = _free_port()
+    initialise_node(
+        directory,
+        server_id=str(server),
+        anchor=anchor,
+        passphrase=NODE_PASSPHRASE,
+        now=now,
+        public_address=f"127.0.0.1:{port}",
+        ports={"client_http_port": 0, "client_https_port": 0, "server_port": port, "admin_port": 0},
+        database_url=url,
+    )
+    _certify(directory, trust, now)
+    node = NodeDir(directory)
+    await register_server(node, NODE_PASSPHRASE, session=session)
+    async with open_pool(
+        configured_url=url,
+        data_dir=directory,
+        database=f"bench_{name}",
+        migrations="security_server.migrations",
+        max_size=2,
+    ) as pool:
+        store = CatalogueStore(pool)
+        await store.load()
+        await store.add_client(_ACTOR, str(client), connection_type="http")
+    await client_request(node, NODE_PASSPHRASE, client, session=session)
+    return url
+
+
+async def _publish_services(url: str, directory: Path, service_url: str) -> None:
+    """``jisr node service add`` and ``access grant`` for the provider."""
+    provider, consumer = str(PARTIES.provider), str(PARTIES.consumer)
+    async with open_pool(
+        configured_url=url,
+        data_dir=directory,
+        database="bench_provider",
+        migrations="security_server.migrations",
+        max_size=2,
+    ) as pool:
+        store = CatalogueStore(pool)
+        await store.load()
+        await store.add_rest(_ACTOR, provider, SMALL_SERVICE_CODE, service_url + "/small")
+        await store.add_rest(_ACTOR, provider, ECHO_SERVICE_CODE, service_url + "/echo")
+        await store.add_wsdl(_ACTOR, provider, document=bench_wsdl(service_url + "/soap"))
+        for code in (SMALL_SERVICE_CODE, ECHO_SERVICE_CODE, SOAP_SERVICE_CODE):
+            await store.grant(_ACTOR, provider, code, consumer)
+
+
+async def _wait_until_published(
+    directory: Path, servers: tuple[SecurityServerId, ...], session: aiohttp.ClientSession
+) -> None:
+    node = NodeDir(directory)
+    client = ConfClient(node.globalconf_dir, node.load_anchor(), session=session)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        await client.poll_once()
+        conf = client.latest
+        if conf is not None and all(conf.server(s) is not None for s in servers):
+            found = conf.servers_for_client(PARTIES.provider)
+            if found and conf.servers_for_client(PARTIES.consumer):
+                return
+        if time.monotonic() > deadline:
+            raise NodesUnavailable(
+                f"the registry did not publish both nodes and their clients in "
+                f"{READY_TIMEOUT_S:.0f} s"
+            )
+        await asyncio.sleep(0.5)
+
+
+async def _probe(consumer_url: str, session: aiohttp.ClientSession, logs: Path) -> int:
+    """Call through both nodes until every scenario answers; returns the calls that succeeded."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    succeeded = 0
+    for name in ("rest_small", "rest_100k", "soap_small"):
+        spec = node_spec(name, consumer_url, PARTIES)
+        last = ""
+        while True:
+            body = spec.body
+            if spec.unique_placeholder is not None:
+                body = body.replace(spec.unique_placeholder, f"probe-{time.time_ns()}".encode())
+            try:
+                async with session.request(
+                    spec.method, spec.url, data=body or None, headers=spec.headers
+                ) as response:
+                    problem = spec.check(response.status, await response.read())
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem is None:
+                succeeded += 1
+                break
+            last = problem
+            if time.monotonic() > deadline:
+                raise NodesUnavailable(
+                    f"{name} through the nodes never succeeded in {READY_TIMEOUT_S:.0f} s; last "
+                    f"answer: {last[:300]}; see the node logs in {logs}"
+                )
+            await asyncio.sleep(1.0)
+    return succeeded
+
+
+def _postmaster_pid(data_dir: Path) -> int | None:
+    try:
+        first = (data_dir / "postgres" / "postmaster.pid").read_text("ascii").splitlines()[0]
+        return int(first)
+    except (OSError, ValueError, IndexError):
         return None
 
 
-def node_command_available() -> bool:
-    return importlib.util.find_spec("jisr.commands.node") is not None
+def _serve_argv(directory: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "jisr",
+        "--log-format",
+        "json",
+        "node",
+        "serve",
+        "--data-dir",
+        str(directory),
+    ]
+
+
+async def _start_node(
+    children: Children, name: str, directory: Path, url: str, directions: tuple[str, str]
+) -> RunningNodeProcess:
+    env: Mapping[str, str] = {
+        **os.environ,
+        "JISR_NODE_KEY_PASSPHRASE": NODE_PASSPHRASE,
+        "JISR_NODE_CONF_POLL_S": str(CONF_POLL_S),
+    }
+    node = NodeDir(directory)
+    child = await children.start(
+        f"{name}-node",
+        _serve_argv(directory),
+        env=env,
+        ready_file=node.endpoints_file,
+        ready_timeout_s=READY_TIMEOUT_S,
+    )
+    return RunningNodeProcess(name, directory, url, child.pid, child.ready, directions)
 
 
 @contextlib.asynccontextmanager
@@ -56,9 +382,72 @@ async def node_network(
     children: Children, data_dir: Path, service_url: str
 ) -> AsyncIterator[NodeNetwork]:
     """Start the registry, trust services and both nodes; stop them when the block ends."""
-    if not node_command_available():
-        raise NodesUnavailable(
-            "the `jisr node` command (jisr/commands/node.py) does not exist in this tree yet"
+    now = dt.datetime.now(dt.UTC)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            server_url = await stack.enter_async_context(embedded_postgres(data_dir))
+            trust = await stack.enter_async_context(trust_services(data_dir, now=now))
+            reg = await stack.enter_async_context(registry(data_dir, server_url, trust, now=now))
+            anchor = reg.anchor_path.read_bytes()
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            urls: dict[str, str] = {}
+            for name, server, client in (
+                ("consumer", CONSUMER_SERVER, PARTIES.consumer),
+                ("provider", PROVIDER_SERVER, PARTIES.provider),
+            ):
+                urls[name] = await _set_up_node(
+                    name,
+                    data_dir / f"node-{name}",
+                    server=server,
+                    client=client,
+                    anchor=anchor,
+                    server_url=server_url,
+                    trust=trust,
+                    session=session,
+                    now=now,
+                )
+            await _publish_services(urls["provider"], data_dir / "node-provider", service_url)
+            for name in urls:
+                await _wait_until_published(
+                    data_dir / f"node-{name}", (CONSUMER_SERVER, PROVIDER_SERVER), session
+                )
+            consumer = await _start_node(
+                children,
+                "consumer",
+                data_dir / "node-consumer",
+                urls["consumer"],
+                _CONSUMER_DIRECTIONS,
+            )
+            provider = await _start_node(
+                children,
+                "provider",
+                data_dir / "node-provider",
+                urls["provider"],
+                _PROVIDER_DIRECTIONS,
+            )
+            probe_calls = await _probe(
+                str(consumer.endpoints["client_http"]), session, children.log_dir
+            )
+            logged = await _has_message_log(urls["consumer"]) and await _has_message_log(
+                urls["provider"]
+            )
+        except JisrError as exc:
+            if isinstance(exc, NodesUnavailable):
+                raise
+            raise NodesUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        network = NodeNetwork(
+            consumer,
+            provider,
+            PARTIES,
+            message_log=logged,
+            postgres_pid=_postmaster_pid(data_dir),
+            probe_calls=probe_calls,
         )
-    raise NodesUnavailable("wiring of `jisr node` into the benchmark is not finished")
-    yield  # pragma: no cover - makes this an async generator
+        try:
+            yield network
+        finally:
+            # The nodes stop before the registry, trust services and PostgreSQL they use.
+            for running in (provider, consumer):
+                for child in list(children.started):
+                    if child.pid == running.pid:
+                        await children.stop(child)

@@ -63,7 +63,10 @@ class Route:
 
     label: str
     spec_for: Callable[[str], LoadSpec]
+    #: The processes under test (name → pid): their CPU and memory are the route's cost.
     measured: Mapping[str, int]
+    #: Other processes worth watching on this route (PostgreSQL), reported apart.
+    beside: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -71,6 +74,7 @@ class Measurement:
     load: LoadResult
     cpu_s: float | None
     peak_rss_mb: dict[str, float]
+    beside_cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def cpu_s_per_1k(self) -> float | None:
@@ -83,6 +87,11 @@ class Measurement:
         summary["answered"] = self.load.answered
         summary["cpu_s_per_1k"] = self.cpu_s_per_1k
         summary["rss_mb"] = self.peak_rss_mb
+        if self.beside_cpu_s and self.load.answered:
+            summary["beside_cpu_s_per_1k"] = {
+                name: round(cpu / self.load.answered * 1000.0, 3)
+                for name, cpu in self.beside_cpu_s.items()
+            }
         return summary
 
 
@@ -92,6 +101,7 @@ async def measure(
     """Load ``route`` with ``scenario``; sample its processes' CPU and memory meanwhile."""
     spec = route.spec_for(scenario)
     pids = route.measured
+    beside_before = {name: cpu_snapshot([pid]) for name, pid in route.beside.items()}
     async with PeakRss(pids) as rss:
         before = cpu_snapshot(pids.values())
         load = await run_load(
@@ -105,7 +115,11 @@ async def measure(
         )
         after = cpu_snapshot(pids.values())
     cpu = cpu_between(before, after) if pids else None
-    return Measurement(load, cpu, rss.peak_mb())
+    beside = {
+        name: cpu_between(beside_before[name], cpu_snapshot([pid]))
+        for name, pid in route.beside.items()
+    }
+    return Measurement(load, cpu, rss.peak_mb(), beside)
 
 
 @contextlib.contextmanager
@@ -206,7 +220,6 @@ async def _run_paths(
                 )
                 results["nodes"] = "ran"
                 results["message_log"] = nodes.message_log
-                results["batch_timestamping"] = nodes.batch_timestamping
             except NodesUnavailable as exc:
                 results["nodes"] = f"skipped: {exc}"
                 _say(f"nodes skipped: {exc}")
@@ -219,6 +232,7 @@ async def _run_paths(
                 "nodes",
                 lambda s: node_spec(s, nodes.consumer_url, nodes.parties),
                 nodes.node_pids,
+                {} if nodes.postgres_pid is None else {"postgres": nodes.postgres_pid},
             )
         )
         answered_through_nodes = 0
@@ -244,6 +258,7 @@ async def _run_paths(
             if check is not None:
                 results["lost_records"] = check.get("lost_records")
                 results["message_log_check"] = check
+            results["batch_timestamping"] = nodes.batch_timestamping
     alone_rates = [entry["service_alone_rps"] for entry in results["scenarios"].values()]
     results["loadgen_alone_rps"] = max(alone_rates) if alone_rates else None
     results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
