@@ -89,6 +89,13 @@ WSDL = f"""<?xml version="1.0" encoding="UTF-8"?>
 </wsdl:definitions>
 """.encode()
 
+PROVIDER_FAULT = (
+    b'<?xml version="1.0" encoding="UTF-8"?>'
+    b'<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><e:Body><e:Fault>'
+    b"<faultcode>e:Server</faultcode><faultstring>\xd8\xae\xd8\xb7\xd8\xa3 database down"
+    b"</faultstring></e:Fault></e:Body></e:Envelope>"
+)
+
 OPENAPI = b'{"openapi":"3.0.0","info":{"title":"citizens","version":"1"},"paths":{}}'
 
 
@@ -235,6 +242,19 @@ def provider_is_app(seen: list[SeenRequest]) -> web.Application:
         )
         return web.Response(body=out, headers={"Content-Type": out_type})
 
+    async def soap_fault_answer(request: web.Request) -> web.Response:
+        await record(request)
+        return web.Response(status=500, body=PROVIDER_FAULT, content_type="text/xml")
+
+    async def soap_wrong_id(request: web.Request) -> web.Response:
+        body = await record(request)
+        message = parse_soap_request(body, request.headers["Content-Type"], max_bytes=10_000_000)
+        element = etree.Element(f"{{{PROVIDER_NS}}}{message.body_qname.localname}Response")
+        answer = build_response(message, element).replace(
+            f"<xrd:id>{message.id}</xrd:id>".encode(), b"<xrd:id>someone-else</xrd:id>"
+        )
+        return web.Response(body=answer, content_type="text/xml")
+
     async def slow(request: web.Request) -> web.Response:
         await record(request)
         await asyncio.sleep(5)
@@ -251,6 +271,8 @@ def provider_is_app(seen: list[SeenRequest]) -> web.Application:
     app.router.add_route("*", "/slow/{tail:.*}", slow)
     app.router.add_route("*", "/slow", slow)
     app.router.add_post("/garbage", garbage)
+    app.router.add_post("/soap-fault", soap_fault_answer)
+    app.router.add_post("/soap-wrong-id", soap_wrong_id)
     return app
 
 
@@ -445,6 +467,9 @@ async def two_nodes(
             _service("getPerson", "wsdl", f"{is_url}/soap", description=WSDL),
             _service("slowService", "rest", f"{is_url}/slow", timeout_s=0.5),
             _service("garbageSoap", "wsdl", f"{is_url}/garbage"),
+            _service("faultySoap", "wsdl", f"{is_url}/soap-fault"),
+            _service("confusedSoap", "wsdl", f"{is_url}/soap-wrong-id"),
+            _service("secretSoap", "wsdl", f"{is_url}/soap", description=WSDL),
             _service("refusedService", "rest", refused),
             _service("secretService", "rest", f"{is_url}/rest"),
             _service(
@@ -462,6 +487,8 @@ async def two_nodes(
                 "getPerson",
                 "slowService",
                 "garbageSoap",
+                "faultySoap",
+                "confusedSoap",
                 "refusedService",
                 "closedService",
             )

@@ -19,6 +19,7 @@ from tests.security_server.fakes import (
     HJC,
     HTTPS_ONLY,
     NDC,
+    PROVIDER_FAULT,
     PROVIDER_NODE,
     Network,
     assert_still_serving,
@@ -311,4 +312,17 @@ async def test_refuses_provider_node_presenting_an_unregistered_certificate(net:
     assert reply.error == "Server.ClientProxy.SslAuthenticationFailed"
     assert not net.seen
     net.consumer_conf.conf = conf
+    await assert_still_serving(net)
+
+
+async def test_soap_fault_of_the_provider_travels_back_unchanged(net: Network) -> None:
+    reply = await soap(net, soap_request("faultySoap"))
+    assert reply.status == 500
+    assert reply.body == PROVIDER_FAULT
+    await assert_still_serving(net)
+
+
+async def test_provider_response_not_echoing_the_request_is_refused(net: Network) -> None:
+    reply = await soap(net, soap_request("confusedSoap"))
+    assert reply.fault_code == "Server.ServerProxy.InconsistentResponse"
     await assert_still_serving(net)

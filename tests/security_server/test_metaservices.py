@@ -107,13 +107,17 @@ async def test_rest_get_openapi_returns_the_description(net: Network) -> None:
 async def test_soap_list_and_allowed_methods_come_from_the_provider_catalogue(
     net: Network,
 ) -> None:
-    for code in ("listMethods", "allowedMethods"):
+    soap_services = ["confusedSoap", "faultySoap", "garbageSoap", "getPerson"]
+    for code, expected in (
+        ("listMethods", sorted([*soap_services, "secretSoap"])),
+        ("allowedMethods", soap_services),
+    ):
         request = _meta_soap(code)
         reply = await soap(net, request)
         assert reply.status == 200, reply.body
         parsed = parse_soap_response(reply.body, reply.headers["Content-Type"], max_bytes=1_000_000)
         assert parsed.request_hash is not None  # type: ignore[union-attr]
-        assert sorted(_soap_service_codes(reply.body)) == ["garbageSoap", "getPerson"]
+        assert sorted(_soap_service_codes(reply.body)) == expected
 
 
 async def test_soap_get_wsdl_returns_the_wsdl_without_the_internal_address(net: Network) -> None:
@@ -130,6 +134,9 @@ async def test_soap_get_wsdl_returns_the_wsdl_without_the_internal_address(net: 
 
 
 async def test_get_wsdl_of_a_service_the_client_may_not_call_is_refused(net: Network) -> None:
+    request = _meta_soap("getWsdl", "<xrd:serviceCode>secretSoap</xrd:serviceCode>")
+    reply = await soap(net, request)
+    assert reply.fault_code == "Server.ServerProxy.AccessDenied"
     request = _meta_soap("getWsdl", "<xrd:serviceCode>noSuchService</xrd:serviceCode>")
     reply = await soap(net, request)
     assert reply.fault_code == "Server.ServerProxy.UnknownService"
