@@ -50,7 +50,7 @@ def _fault(prefix: str, name: str, message: str) -> FaultError:
 class _Trust:
     """What one configuration version says about CAs: a validator and OCSP responder certs."""
 
-    conf: GlobalConf
+    version: tuple[str, int, dt.datetime]
     validator: PathValidator | None
     responders: tuple[x509.Certificate, ...]
 
@@ -63,14 +63,17 @@ class PeerTrust:
         self._verdicts: collections.OrderedDict[bytes, OcspVerdict] = collections.OrderedDict()
 
     def _trust_for(self, conf: GlobalConf) -> _Trust:
+        # Keyed by version, not identity: a configuration source may hand out a new object for
+        # the same version, and rebuilding the trust store per message would be wasted work.
+        version = (conf.instance, conf.version, conf.generated_at)
         trust = self._trust
-        if trust is not None and trust.conf is conf:
+        if trust is not None and trust.version == version:
             return trust
         roots = [ca.certificate for ca in conf.approved_cas]
         intermediates = [c for ca in conf.approved_cas for c in ca.intermediates]
         validator = PathValidator(roots, intermediates) if roots else None
         responders = tuple(o.certificate for ca in conf.approved_cas for o in ca.ocsp)
-        trust = _Trust(conf, validator, responders)
+        trust = _Trust(version, validator, responders)
         self._trust = trust
         return trust
 
