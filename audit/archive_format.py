@@ -29,7 +29,6 @@ import binascii
 import dataclasses
 import datetime as dt
 import hashlib
-import itertools
 import json
 import re
 import zipfile
@@ -67,8 +66,6 @@ OCSP_BUNDLE_NAME: Final = "trust/ocsp-responders.pem"
 CONTAINER_SUFFIX: Final = ".asice"
 ARCHIVE_SUFFIX: Final = ".zip"
 
-#: The record hash before the first record of a node's log.
-GENESIS_HASH: Final = bytes(32)
 
 MAX_LINKING_BYTES: Final = 64 * 1024 * 1024
 MAX_TRUST_FILE_BYTES: Final = 32 * 1024 * 1024
@@ -982,25 +979,105 @@ def trust_material(
     return entries
 
 
-def exchanges_of(records: Sequence[LogRecord]) -> list[list[LogRecord]]:
-    """Records grouped per exchange, in order of each exchange's first record.
+class ArchiveBuilder:
+    """Writes an archive record by record, holding in memory only exchanges still open.
 
-    An exchange is one message id of one client as seen by one side (a node that serves both
-    the consumer and the provider logs both sides, as two exchanges); a repeated role starts a
-    new group.
+    Records must come in sequence order, consecutive and timestamped. An exchange's container
+    is written once it has both its request and its response; the rest are written by
+    :meth:`finish`. Containers are named by their first record, so the order they are written
+    in does not matter.
     """
-    open_groups: dict[tuple[str, str, bool], list[LogRecord]] = {}
-    groups: list[list[LogRecord]] = []
-    for record in records:
+
+    def __init__(self, fileobj: IO[bytes], *, created_at: dt.datetime) -> None:
+        self._writer = ArchiveWriter(fileobj, created_at=created_at)
+        self._created_at = created_at
+        self._open: dict[tuple[str, str, bool], list[LogRecord]] = {}
+        self._listed: list[ListedContainer] = []
+        self._first: LogRecord | None = None
+        self._last: LogRecord | None = None
+        self.count = 0
+
+    @property
+    def last_seq(self) -> int | None:
+        return self._last.seq if self._last is not None else None
+
+    def add(self, record: LogRecord) -> None:
+        if record.timestamp is None:
+            raise ValueError(f"record {record.seq} is not timestamped yet; archive it later")
+        if self._last is not None and record.seq != self._last.seq + 1:
+            raise ValueError(f"record {record.seq} does not follow record {self._last.seq}")
         entry = record.entry
         key = (entry.message_id, str(entry.client), entry.direction in CONSUMER_DIRECTIONS)
-        group = open_groups.get(key)
-        if group is None or any(_role_of(r) == _role_of(record) for r in group):
-            group = []
-            open_groups[key] = group
-            groups.append(group)
+        group = self._open.get(key)
+        if group is not None and any(_role_of(r) == _role_of(record) for r in group):
+            self._write(self._open.pop(key))
+            group = None
+        if group is None:
+            group = self._open[key] = []
         group.append(record)
-    return groups
+        if len(group) == len(ROLES):
+            self._write(self._open.pop(key))
+        if self._first is None:
+            self._first = record
+        self._last = record
+        self.count += 1
+
+    def _write(self, group: list[LogRecord]) -> None:
+        name = container_name(group[0].seq)
+        data = build_exchange_container(group, modified=self._created_at)
+        self._writer.add_container(name, data)
+        entry = group[0].entry
+        self._listed.append(
+            ListedContainer(
+                name=name,
+                sha256=sha256_hex(data),
+                size=len(data),
+                message_id=entry.message_id,
+                client=str(entry.client),
+                service=str(entry.service),
+                user_id=entry.user_id,
+                issue=entry.issue,
+                created_at=entry.created_at,
+                roles=tuple(_role_of(r) for r in group),
+                record_sequences=tuple(r.seq for r in group),
+            )
+        )
+
+    def finish(
+        self,
+        *,
+        sequence: int,
+        previous: PreviousArchive | None,
+        period_start: dt.datetime,
+        period_end: dt.datetime,
+        trust: Mapping[str, bytes],
+    ) -> tuple[LinkingFile, bytes]:
+        """Write the open exchanges, the trust material and the linking file."""
+        if self._first is None or self._last is None:
+            raise ValueError("an archive holds at least one record")
+        for group in self._open.values():
+            self._write(group)
+        self._open.clear()
+        for name, data in sorted(trust.items()):
+            self._writer.add_trust(name, data)
+        linking = LinkingFile(
+            node=str(self._first.node),
+            sequence=sequence,
+            created_at=self._created_at,
+            period_start=period_start,
+            period_end=period_end,
+            previous=previous,
+            records=RecordSpan(
+                count=self.count,
+                first_sequence=self._first.seq,
+                last_sequence=self._last.seq,
+                first_prev_hash=self._first.prev_hash.hex(),
+                last_hash=self._last.record_hash.hex(),
+            ),
+            containers=tuple(sorted(self._listed, key=lambda c: c.name)),
+            trust=trust_files(trust),
+        )
+        return linking, self._writer.finish(linking)
 
 
 def write_archive(
@@ -1018,50 +1095,13 @@ def write_archive(
 
     Returns the linking file and its bytes (whose SHA-256 the next archive names).
     """
-    if not records:
-        raise ValueError("an archive holds at least one record")
-    for before, after in itertools.pairwise(records):
-        if after.seq != before.seq + 1:
-            raise ValueError(f"records {before.seq} and {after.seq} are not consecutive")
-    writer = ArchiveWriter(fileobj, created_at=created_at)
-    listed: list[ListedContainer] = []
-    for group in exchanges_of(records):
-        name = container_name(group[0].seq)
-        data = build_exchange_container(group, modified=created_at)
-        writer.add_container(name, data)
-        entry = group[0].entry
-        listed.append(
-            ListedContainer(
-                name=name,
-                sha256=sha256_hex(data),
-                size=len(data),
-                message_id=entry.message_id,
-                client=str(entry.client),
-                service=str(entry.service),
-                user_id=entry.user_id,
-                issue=entry.issue,
-                created_at=entry.created_at,
-                roles=tuple(_role_of(r) for r in group),
-                record_sequences=tuple(r.seq for r in group),
-            )
-        )
-    for name, data in sorted(trust.items()):
-        writer.add_trust(name, data)
-    linking = LinkingFile(
-        node=str(records[0].node),
+    builder = ArchiveBuilder(fileobj, created_at=created_at)
+    for record in records:
+        builder.add(record)
+    return builder.finish(
         sequence=sequence,
-        created_at=created_at,
+        previous=previous,
         period_start=period_start,
         period_end=period_end,
-        previous=previous,
-        records=RecordSpan(
-            count=len(records),
-            first_sequence=records[0].seq,
-            last_sequence=records[-1].seq,
-            first_prev_hash=records[0].prev_hash.hex(),
-            last_hash=records[-1].record_hash.hex(),
-        ),
-        containers=tuple(listed),
-        trust=trust_files(trust),
+        trust=trust,
     )
-    return linking, writer.finish(linking)

@@ -45,7 +45,6 @@ from audit.archive_format import (
     CA_BUNDLE_NAME,
     CONTAINER_SUFFIX,
     CONTAINERS_DIR,
-    GENESIS_HASH,
     LINKING_NAME,
     OCSP_BUNDLE_NAME,
     TSA_BUNDLE_NAME,
@@ -72,6 +71,7 @@ from gateway.anchor import Anchor
 from gateway.faults import FaultError
 from gateway.globalconf import CLOCK_SKEW, GlobalConf
 from gateway.log_record import (
+    GENESIS_HASH,
     LogIntegrityError,
     LogRecord,
     chain_hash,
