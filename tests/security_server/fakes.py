@@ -257,7 +257,7 @@ def provider_is_app(seen: list[SeenRequest]) -> web.Application:
 
     async def slow(request: web.Request) -> web.Response:
         await record(request)
-        await asyncio.sleep(5)
+        await asyncio.sleep(1.5)  # three times the service timeout of 0.5 s
         return web.Response(text="too late")
 
     async def garbage(request: web.Request) -> web.Response:
