@@ -278,10 +278,21 @@ class PostgresMessageLog:
                     records = await self._append([p.entry for p in batch])
                 except Exception as exc:  # fail closed: whatever went wrong, nobody continues
                     reason = exc.message if isinstance(exc, StorageError) else repr(exc)
-                    _log.error("message_log_write_failed", records=len(batch), error=reason)
-                    for p in batch:
+                    # The database's words stay in the node's log; clients get the fault's
+                    # detail id to find them.
+                    faults = [
+                        _logging_failed(p.entry, "the database did not store the record")
+                        for p in batch
+                    ]
+                    _log.error(
+                        "message_log_write_failed",
+                        records=len(batch),
+                        error=reason,
+                        fault_details=[f.detail for f in faults],
+                    )
+                    for p, fault in zip(batch, faults, strict=True):
                         if not p.future.done():
-                            p.future.set_exception(_logging_failed(p.entry, reason))
+                            p.future.set_exception(fault)
                     continue
                 if self._timestamper is not None:
                     self._timestamper.notify_written(len(records), records[0].logged_at)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+import structlog.testing
 
 from certs.signer import SoftwareSigner
 from config.errors import ValidationError
@@ -222,11 +223,19 @@ async def test_a_failed_write_fails_every_caller_of_the_batch_and_stores_nothing
             "ALTER TABLE message_log ADD CONSTRAINT no_poison CHECK (message_id <> 'poison')"
         )
         entries = [make_entry(f"batch-{i}") for i in range(4)] + [make_entry("poison")]
-        results = await asyncio.gather(*(log.record(e) for e in entries), return_exceptions=True)
+        with structlog.testing.capture_logs() as logged:
+            results = await asyncio.gather(
+                *(log.record(e) for e in entries), return_exceptions=True
+            )
         assert log.write_round_trips == 1
-        assert all(isinstance(r, FaultError) for r in results)
-        codes = {r.fault_code for r in results if isinstance(r, FaultError)}
-        assert codes == {"Server.ClientProxy.LoggingFailed"}
+        faults = [r for r in results if isinstance(r, FaultError)]
+        assert len(faults) == len(entries)
+        assert {f.fault_code for f in faults} == {"Server.ClientProxy.LoggingFailed"}
+        # The client sees no database text, only the id of the node's log line that has it.
+        assert all("no_poison" not in f.message for f in faults)
+        (line,) = [e for e in logged if e["event"] == "message_log_write_failed"]
+        assert "no_poison" in line["error"]
+        assert line["fault_details"] == [f.detail for f in faults]
         assert await admin.fetchval("SELECT count(*) FROM message_log") == 0
 
         await admin.execute("ALTER TABLE message_log DROP CONSTRAINT no_poison")
