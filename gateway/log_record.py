@@ -422,10 +422,10 @@ _CANONICAL_KEYS: Final = frozenset(
 )
 
 
-def _member(obj: dict[str, object], key: str, kind: type) -> object:
+def _int(obj: dict[str, object], key: str) -> int:
     value = obj.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"{key!r} must be a {kind.__name__}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{key!r} must be an integer")
     return value
 
 
@@ -510,8 +510,6 @@ def parse_record(
             _text(service_o, "service_code"),
             _opt_text(service_o, "service_version"),
         )
-        conf_version = _member(top, "conf_version", int)
-        assert isinstance(conf_version, int)
         entry = LogEntry(
             direction=_text(top, "direction"),  # type: ignore[arg-type]  # checked by LogEntry
             message_id=_text(top, "message_id"),
@@ -529,7 +527,7 @@ def parse_record(
             certificates=tuple(certificates),
             ocsp=ocsp,
             request_hash=_opt_text(top, "request_hash"),
-            conf_version=conf_version,
+            conf_version=_int(top, "conf_version"),
         )
         if seq is None or seq < 1:
             raise ValueError("'seq' must be a positive integer")
