@@ -8,14 +8,17 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from multidict import CIMultiDict
 
 from certs.status import CertStatus
 from gateway.identifiers import SubsystemId
 from tests.security_server.fakes import (
     CERT_ONLY,
     CITIZEN_PATH,
+    CONSUMER,
     HJC,
     HTTPS_ONLY,
     NDC,
@@ -325,4 +328,16 @@ async def test_soap_fault_of_the_provider_travels_back_unchanged(net: Network) -
 async def test_provider_response_not_echoing_the_request_is_refused(net: Network) -> None:
     reply = await soap(net, soap_request("confusedSoap"))
     assert reply.fault_code == "Server.ServerProxy.InconsistentResponse"
+    await assert_still_serving(net)
+
+
+async def test_refuses_rest_call_without_or_with_twice_the_client_header(net: Network) -> None:
+    url = net.client_url + CITIZEN_PATH
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as response:
+            assert response.status == 400
+            assert response.headers["X-Road-Error"] == "Client.MissingHeaderField"
+        twice = CIMultiDict([("X-Road-Client", str(CONSUMER)), ("X-Road-Client", str(CONSUMER))])
+        async with session.get(url, headers=twice) as response:
+            assert response.headers["X-Road-Error"] == "Client.DuplicateHeaderField"
     await assert_still_serving(net)
