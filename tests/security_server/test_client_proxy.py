@@ -341,3 +341,17 @@ async def test_refuses_rest_call_without_or_with_twice_the_client_header(net: Ne
         async with session.get(url, headers=twice) as response:
             assert response.headers["X-Road-Error"] == "Client.DuplicateHeaderField"
     await assert_still_serving(net)
+
+
+async def test_provider_refuses_consumer_whose_signing_certificate_is_revoked(
+    net: Network,
+) -> None:
+    cert = net.consumer_signers.signers[HJC].certificate
+    net.statuses[cert.serial_number] = CertStatus("revoked", revoked_at=net.clock.now)
+    net.consumer_signers.ocsp[der(cert)] = net.ocsp_response(cert)
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ServerProxy.CertValidation"
+    assert not net.seen
+    del net.statuses[cert.serial_number]
+    net.consumer_signers.ocsp[der(cert)] = net.ocsp_response(cert)
+    await assert_still_serving(net)
