@@ -320,6 +320,9 @@ def _service_app(service: SampleService, operations: Mapping[str, Operation]) ->
         return web.Response(body=openapi, content_type="application/json", charset="utf-8")
 
     app.router.add_post(SOAP_PATH, soap.handle)
+    # The service's base URL takes SOAP too, so that one address serves the REST and the SOAP
+    # form of the same service code (the demo registers each service once, at its base URL).
+    app.router.add_post("/", soap.handle)
     app.router.add_get("/wsdl", get_wsdl)
     app.router.add_get("/openapi.json", get_openapi)
     return app

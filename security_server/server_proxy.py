@@ -363,12 +363,10 @@ class ServerProxy:
         catalogue = self._rt.catalogue
         if metaservices.is_rest_metaservice(part) and catalogue.service(part.service) is None:
             return metaservices.answer_rest(part, catalogue, conf)
+        # The description says how a service was published, not which protocol may reach it:
+        # a REST call goes to the address plus its path, whatever the description's kind, so
+        # one information system may offer a service code in both forms.
         service = self._service(part, conf, method=part.method)
-        if service.kind == "wsdl":
-            raise server_proxy_fault(
-                "InvalidRequest",
-                f"service {part.service} is a SOAP service; call it with a SOAP message",
-            )
         url = service.address.rstrip("/") + part.path
         if part.query is not None:
             url += "?" + part.query
@@ -403,11 +401,6 @@ class ServerProxy:
             status, headers, answer_body = metaservices.answer_soap(request, catalogue, conf)
             return status, headers, _with_request_hash(request, answer_body, headers)
         service = self._service(part, conf, method=None)
-        if service.kind != "wsdl":
-            raise server_proxy_fault(
-                "InvalidRequest",
-                f"service {part.service} is a REST service; call it with /r1/",
-            )
         forwarded = tuple((n, v) for n, v in part.headers if n.lower() in _SOAP_REQUEST_HEADERS)
         answer = await self._transport.call_service(
             "POST",
