@@ -86,8 +86,9 @@ def _conf_signing_key(now: dt.datetime) -> Issued:
 class Federation:
     """The trust services and members of a test instance, and its signed configuration."""
 
-    def __init__(self, now: dt.datetime = NOW) -> None:
+    def __init__(self, now: dt.datetime = NOW, *, tsa_url: str = TSA_URL) -> None:
         self.now = now
+        self.tsa_url = tsa_url
         self.pki = FixturePki.create(now)
         self.ocsp_issued = self.pki.ocsp_responder()
         self.tsa_issued = self.pki.tsa()
@@ -137,7 +138,7 @@ class Federation:
                     (ConfOcspResponder("http://127.0.0.1:4410/", self.ocsp_issued.cert),),
                 )
             ],
-            [ApprovedTsa("Jisr Test TSA", TSA_URL, self.tsa_issued.cert)],
+            [ApprovedTsa("Jisr Test TSA", self.tsa_url, self.tsa_issued.cert)],
             [],
             [SigningKey(self.conf_key.cert)],
         )
@@ -147,6 +148,10 @@ class Federation:
         pair = sign_globalconf(self.conf(version, generated_at), signer, now=generated_at)
         self.versions.append(pair)
         return pair
+
+    def current(self, now: dt.datetime) -> GlobalConf:
+        """The newest version (what a node's configuration client hands out)."""
+        return GlobalConf.from_document(self.versions[-1][0])
 
     def anchor_bytes(self) -> bytes:
         return self.anchor.to_bytes()

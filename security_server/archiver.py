@@ -1,0 +1,675 @@
+"""The archiver: closed message-log periods become archive files in a directory or an S3 bucket.
+
+Rules (``docs/archives-and-audit.md`` is the operator's and auditor's description):
+
+- Records are archived in sequence order, one archive per closed period (an hour by default,
+  or a day), cut into several archives when a period holds more than ``max_records``. A period
+  is closed once its end plus ``grace`` has passed and every record of it is timestamped; a
+  record still waiting for its timestamp holds back its period and every later one, so an
+  archive never has a gap.
+- The archive format is :mod:`audit.archive_format`'s: the writer and the auditor's reader are
+  one module. Each archive names the previous one (sequence, file name, SHA-256 of its linking
+  file), read back from the store, so the chain survives restarts.
+- An archive is written to a temporary file, flushed and ``fsync``-ed, then handed to the
+  store, which makes it durable under its final name (directory: ``rename`` then ``fsync`` of
+  the directory; S3: the upload is confirmed by the bucket with its MD5 and size). Only then are
+  its records marked archived in the message log, and only marked records are ever deleted (by
+  the log's retention job). A crash between the two leaves an archive whose records are not
+  marked: the next pass finds it in the store and marks them instead of archiving them again.
+- Trust material: the configuration anchor and the global-configuration versions the records
+  name come from :class:`ConfHistory`, which keeps on disk every version whose trust content
+  (approved CAs, OCSP responders, TSAs, OCSP freshness) differs from the one before it; an
+  archive carries, for each version a record names, that version or the nearest earlier kept
+  one (equal in everything the auditor checks).
+- Blocking work (ZIP writing, fsync, uploads) runs in a worker thread; the node's event loop is
+  never blocked by archiving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import importlib
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Final, Literal, Protocol
+
+import structlog
+
+from audit.archive_format import (
+    ARCHIVE_SUFFIX,
+    ArchiveBuilder,
+    ArchiveReader,
+    LinkingFile,
+    PreviousArchive,
+    read_linking,
+    sequence_of_archive_name,
+    sha256_hex,
+    trust_material,
+)
+from audit.errors import ArchiveFormatError
+from config.errors import ConfigError, JisrError, StorageError
+from gateway.globalconf import GlobalConf
+from gateway.log_record import LogRecord
+from security_server.conf_client import DOCUMENT_FILE, SIGNATURE_FILE
+from security_server.runtime import Clock, utc_now
+
+__all__ = [
+    "ArchiveSource",
+    "ArchiveStore",
+    "Archiver",
+    "ConfHistory",
+    "DirectoryStore",
+    "S3Client",
+    "S3Store",
+    "StoredArchive",
+    "s3_store",
+]
+
+_log = structlog.get_logger(__name__)
+
+Period = Literal["hour", "day"]
+
+#: Records per archive unless configured otherwise.
+DEFAULT_MAX_RECORDS: Final = 10_000
+#: How long after a period ends its archive is written (late records from other workers).
+DEFAULT_GRACE: Final = dt.timedelta(minutes=2)
+DEFAULT_INTERVAL_S: Final = 60.0
+#: Records read from the log per query.
+_PAGE: Final = 1000
+_PERIODS: Final[dict[str, dt.timedelta]] = {
+    "hour": dt.timedelta(hours=1),
+    "day": dt.timedelta(days=1),
+}
+_CONF_FILE_RE: Final = re.compile(r"globalconf-(\d{8,})\.json")
+
+
+class ArchiverError(StorageError):
+    """An archive could not be written or stored; its records stay unarchived and are retried."""
+
+
+# --- what the archiver reads from ----------------------------------------------------------------
+
+
+class ArchiveSource(Protocol):
+    """The message log, as the archiver uses it (``PostgresMessageLog`` satisfies it)."""
+
+    async def archived_through(self) -> int:
+        """The last record marked archived (0 when none is)."""
+        ...
+
+    async def read_records(self, *, after_seq: int = 0, limit: int = _PAGE) -> list[LogRecord]:
+        """Records after ``after_seq`` in sequence order, with their timestamps (if any)."""
+        ...
+
+    async def mark_archived(
+        self, up_to_seq: int, archive_name: str, *, now: dt.datetime | None = None
+    ) -> None: ...
+
+
+# --- where archives go ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredArchive:
+    """An archive already in the store: its name and its linking file."""
+
+    name: str
+    linking_bytes: bytes
+
+    @property
+    def linking(self) -> LinkingFile:
+        return LinkingFile.from_bytes(self.linking_bytes)
+
+    def as_previous(self) -> PreviousArchive:
+        linking = self.linking
+        return PreviousArchive(linking.sequence, self.name, sha256_hex(self.linking_bytes))
+
+
+class ArchiveStore(Protocol):
+    """Durable storage for archive files."""
+
+    #: A directory on the node's disk where archives are written before :meth:`put`.
+    staging: Path
+
+    def latest(self) -> StoredArchive | None:
+        """The archive with the highest sequence number, or None for an empty store."""
+        ...
+
+    def put(self, name: str, path: Path, linking_bytes: bytes) -> str:
+        """Store the finished, fsync-ed file ``path`` as ``name`` durably; return where it is.
+
+        Returns only once the archive would survive a crash; ``path`` is consumed.
+        """
+        ...
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DirectoryStore:
+    """Archives as files in one directory (the default)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.staging = directory
+
+    def _archives(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.directory.glob(f"archive-*{ARCHIVE_SUFFIX}"):
+            sequence = sequence_of_archive_name(path.name)
+            if sequence is not None:
+                found.append((sequence, path))
+        return sorted(found)
+
+    def latest(self) -> StoredArchive | None:
+        archives = self._archives()
+        if not archives:
+            return None
+        _, path = archives[-1]
+        try:
+            with ArchiveReader(str(path), label=path.name) as reader:
+                return StoredArchive(path.name, reader.linking_bytes())
+        except ArchiveFormatError as exc:
+            raise ArchiverError(
+                f"the newest archive {path} cannot be read ({exc.message}); the next archive "
+                "must name it, so repair or move it aside and restart the archiver"
+            ) from exc
+
+    def put(self, name: str, path: Path, linking_bytes: bytes) -> str:
+        target = self.directory / name
+        if target.exists():
+            raise ArchiverError(f"{target} already exists; archives are never overwritten")
+        os.replace(path, target)
+        _fsync_directory(self.directory)
+        return str(target)
+
+
+class S3Client(Protocol):
+    """The calls of an S3 client the store uses (a ``boto3`` S3 client has them)."""
+
+    def put_object(self, **kwargs: Any) -> Mapping[str, Any]: ...
+
+    def head_object(self, **kwargs: Any) -> Mapping[str, Any]: ...
+
+    def get_object(self, **kwargs: Any) -> Mapping[str, Any]: ...
+
+    def list_objects_v2(self, **kwargs: Any) -> Mapping[str, Any]: ...
+
+
+class S3Store:
+    """Archives as objects in an S3-compatible bucket, under ``prefix``.
+
+    Each archive is one object; a copy of its linking file is stored beside it as
+    ``<name>.linking.json`` so the newest archive is found without downloading archives. The
+    upload carries ``Content-MD5``, so the bucket refuses a corrupted transfer, and is then
+    confirmed with a HEAD request (size). Archives larger than 5 GiB (one PUT) are refused.
+    """
+
+    MAX_OBJECT_BYTES: Final = 5 * 1024**3
+
+    def __init__(self, client: S3Client, bucket: str, prefix: str = "", *, staging: Path) -> None:
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.staging = staging
+
+    def _keys(self) -> Iterator[str]:
+        token: str | None = None
+        while True:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + "archive-"}
+            if token:
+                args["ContinuationToken"] = token
+            page = self.client.list_objects_v2(**args)
+            for item in page.get("Contents", []):
+                yield str(item["Key"])
+            if not page.get("IsTruncated"):
+                return
+            token = str(page["NextContinuationToken"])
+
+    def latest(self) -> StoredArchive | None:
+        best: tuple[int, str] | None = None
+        for key in self._keys():
+            name = key[len(self.prefix) :]
+            if not name.endswith(".linking.json"):
+                continue
+            sequence = sequence_of_archive_name(name.removesuffix(".linking.json"))
+            if sequence is not None and (best is None or sequence > best[0]):
+                best = (sequence, name.removesuffix(".linking.json"))
+        if best is None:
+            return None
+        body = self.client.get_object(
+            Bucket=self.bucket, Key=self.prefix + best[1] + ".linking.json"
+        )
+        data = body["Body"].read()
+        return StoredArchive(best[1], bytes(data))
+
+    def _put(self, key: str, data: IO[bytes], size: int, md5: bytes, content_type: str) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentLength=size,
+                ContentMD5=base64.b64encode(md5).decode("ascii"),
+                ContentType=content_type,
+            )
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # the client library's own errors, translated once here
+            raise ArchiverError(
+                f"uploading s3://{self.bucket}/{key} failed: {exc}; the archive is kept for "
+                "the next attempt"
+            ) from exc
+        if int(head.get("ContentLength", -1)) != size:
+            raise ArchiverError(
+                f"the bucket holds {head.get('ContentLength')} bytes for {key}, not the {size} "
+                "uploaded; the archive is not considered stored"
+            )
+
+    def put(self, name: str, path: Path, linking_bytes: bytes) -> str:
+        size = path.stat().st_size
+        if size > self.MAX_OBJECT_BYTES:
+            raise ArchiverError(
+                f"archive {name} is {size} bytes, over the 5 GiB of one S3 PUT; lower "
+                "max_records or archive per hour"
+            )
+        md5 = hashlib.md5(usedforsecurity=False)
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                md5.update(chunk)
+        key = self.prefix + name
+        with path.open("rb") as f:
+            self._put(key, f, size, md5.digest(), "application/zip")
+        self._put(
+            key + ".linking.json",
+            io.BytesIO(linking_bytes),
+            len(linking_bytes),
+            hashlib.md5(linking_bytes, usedforsecurity=False).digest(),
+            "application/json",
+        )
+        path.unlink()
+        return f"s3://{self.bucket}/{key}"
+
+
+def s3_store(
+    url: str,
+    *,
+    staging: Path,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+) -> S3Store:
+    """An :class:`S3Store` for ``s3://bucket/prefix`` with a ``boto3`` client.
+
+    ``boto3`` is an optional dependency (``pip install jisr[s3]``); credentials come from
+    boto3's usual sources (environment, shared files, instance roles), never from Jisr's
+    settings. ``endpoint_url`` points at an S3-compatible server other than AWS.
+    """
+    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?", url)
+    if match is None:
+        raise ConfigError(f"{url!r} is not an s3://bucket/prefix URL")
+    try:
+        boto3 = importlib.import_module("boto3")
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            "archiving to S3 needs boto3; install it with `pip install jisr[s3]` or archive to "
+            "a directory"
+        ) from exc
+    client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+    return S3Store(client, match.group(1), match.group(2) or "", staging=staging)
+
+
+# --- trust material ------------------------------------------------------------------------------
+
+
+def _trust_content(conf: GlobalConf) -> bytes:
+    obj = conf.to_obj()
+    return json.dumps(
+        {
+            "instance": obj["instance"],
+            "approved_cas": obj["approved_cas"],
+            "approved_tsas": obj["approved_tsas"],
+            "ocsp_freshness_s": conf.settings.ocsp_freshness_s,
+        },
+        sort_keys=True,
+    ).encode()
+
+
+class ConfHistory:
+    """Global-configuration versions kept for archives, in ``directory``.
+
+    :meth:`remember` is called with every version the node accepts (for example from the
+    configuration client's ``on_change``); a version is written only when its trust content
+    differs from the newest one kept. Files: ``globalconf-<version>.json`` and ``.json.p7s``,
+    and ``anchor.json``.
+    """
+
+    def __init__(self, directory: Path, *, anchor: bytes | None = None) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        if anchor is not None:
+            self._write(directory / "anchor.json", anchor)
+
+    def _write(self, path: Path, data: bytes) -> None:
+        if path.exists() and path.read_bytes() == data:
+            return
+        with tempfile.NamedTemporaryFile(dir=self.directory, delete=False) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(f.name, path)
+        _fsync_directory(self.directory)
+
+    def versions(self) -> list[int]:
+        found = []
+        for path in self.directory.glob("globalconf-*.json"):
+            match = _CONF_FILE_RE.fullmatch(path.name)
+            if match:
+                found.append(int(match.group(1)))
+        return sorted(found)
+
+    def _pair(self, version: int) -> tuple[bytes, bytes]:
+        document = self.directory / f"globalconf-{version:08d}.json"
+        return document.read_bytes(), Path(f"{document}.p7s").read_bytes()
+
+    def remember(self, document: bytes, signature: bytes) -> bool:
+        """Keep this version if its trust content is new; returns whether it was kept."""
+        conf = GlobalConf.from_document(document)
+        kept = self.versions()
+        if conf.version in kept:
+            return False
+        earlier = [v for v in kept if v < conf.version]
+        if earlier:
+            previous = GlobalConf.from_document(self._pair(max(earlier))[0])
+            if _trust_content(previous) == _trust_content(conf):
+                return False
+        name = f"globalconf-{conf.version:08d}.json"
+        self._write(self.directory / f"{name}.p7s", signature)
+        self._write(self.directory / name, document)
+        return True
+
+    def remember_from(self, conf_directory: Path) -> bool:
+        """Keep the version the configuration client holds in ``conf_directory``."""
+        try:
+            document = (conf_directory / DOCUMENT_FILE).read_bytes()
+            signature = (conf_directory / SIGNATURE_FILE).read_bytes()
+        except OSError as exc:
+            raise ArchiverError(
+                f"cannot read the configuration in {conf_directory}: {exc}"
+            ) from exc
+        return self.remember(document, signature)
+
+    def anchor(self) -> bytes | None:
+        path = self.directory / "anchor.json"
+        return path.read_bytes() if path.exists() else None
+
+    def versions_for(self, named: Collection[int]) -> list[tuple[bytes, bytes]]:
+        """For each version named, that version or the nearest earlier one kept."""
+        kept = self.versions()
+        chosen: set[int] = set()
+        for version in named:
+            earlier = [v for v in kept if v <= version]
+            if earlier:
+                chosen.add(max(earlier))
+            else:
+                _log.warning(
+                    "archive_conf_version_missing",
+                    version=version,
+                    kept=kept[:5],
+                )
+        return [self._pair(v) for v in sorted(chosen)]
+
+
+# --- the archiver --------------------------------------------------------------------------------
+
+
+def period_start(when: dt.datetime, period: dt.timedelta) -> dt.datetime:
+    """The start of the period ``when`` falls in (UTC hours or days)."""
+    utc = when.astimezone(dt.UTC)
+    if period == _PERIODS["day"]:
+        return utc.replace(hour=0, minute=0, second=0, microsecond=0)
+    return utc.replace(minute=0, second=0, microsecond=0)
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    """Records of the period being collected."""
+
+    start: dt.datetime
+    records: list[LogRecord]
+
+
+class Archiver:
+    """Turns the message log's timestamped records into archives, period by period."""
+
+    def __init__(
+        self,
+        source: ArchiveSource,
+        store: ArchiveStore,
+        history: ConfHistory,
+        *,
+        period: Period = "hour",
+        max_records: int = DEFAULT_MAX_RECORDS,
+        grace: dt.timedelta = DEFAULT_GRACE,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        clock: Clock = utc_now,
+    ) -> None:
+        if period not in _PERIODS:
+            raise ConfigError(f"archive period {period!r} is not one of {', '.join(_PERIODS)}")
+        if max_records < 1:
+            raise ConfigError("max_records must be at least 1")
+        self.source = source
+        self.store = store
+        self.history = history
+        self.period = _PERIODS[period]
+        self.max_records = max_records
+        self.grace = grace
+        self.interval_s = interval_s
+        self.clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        #: Archives written by this process, newest last (name, location).
+        self.written: list[tuple[str, str]] = []
+
+    # -- one pass -------------------------------------------------------------------------
+
+    async def archive_once(self) -> list[str]:
+        """Archive every closed period; return the names of the archives written."""
+        latest = await asyncio.to_thread(self.store.latest)
+        through = await self.source.archived_through()
+        if latest is not None:
+            last_in_store = latest.linking.records.last_sequence
+            if last_in_store > through:
+                # Stored before a crash, never marked: mark it now instead of archiving again.
+                _log.warning(
+                    "archive_marked_after_restart", archive=latest.name, up_to_seq=last_in_store
+                )
+                await self.source.mark_archived(last_in_store, latest.name, now=self.clock())
+                through = last_in_store
+            elif last_in_store < through:
+                _log.warning(
+                    "archive_store_behind_log",
+                    newest_archive=latest.name,
+                    archive_ends_at=last_in_store,
+                    log_archived_through=through,
+                )
+        written: list[str] = []
+        previous = latest
+        async for records, start in self._closed_groups(through):
+            stored = await self._archive(records, start, previous)
+            written.append(stored.name)
+            previous = stored
+        return written
+
+    def _closed(self, start: dt.datetime, now: dt.datetime) -> bool:
+        return start + self.period + self.grace <= now
+
+    async def _closed_groups(
+        self, after_seq: int
+    ) -> AsyncIterator[tuple[list[LogRecord], dt.datetime]]:
+        """Runs of records to archive, in order: whole closed periods, cut at ``max_records``."""
+        now = self.clock()
+        pending: _Pending | None = None
+        cursor = after_seq
+        while True:
+            page = await self.source.read_records(after_seq=cursor, limit=_PAGE)
+            for record in page:
+                key = self._key(record)
+                if record.timestamp is None:
+                    # Everything from here waits for its timestamp, and so does the period
+                    # being collected unless this record already belongs to a later one.
+                    if (
+                        pending is not None
+                        and pending.records
+                        and key > pending.start
+                        and self._closed(pending.start, now)
+                    ):
+                        yield pending.records, pending.start
+                    return
+                if pending is not None and key > pending.start:
+                    if not self._closed(pending.start, now):
+                        return
+                    if pending.records:
+                        yield pending.records, pending.start
+                    pending = None
+                if pending is None:
+                    pending = _Pending(key, [])
+                pending.records.append(record)
+                cursor = record.seq
+                if len(pending.records) >= self.max_records:
+                    yield pending.records, pending.start
+                    pending = _Pending(pending.start, [])
+            if len(page) < _PAGE:
+                break
+        if pending is not None and pending.records and self._closed(pending.start, now):
+            yield pending.records, pending.start
+
+    def _key(self, record: LogRecord) -> dt.datetime:
+        return period_start(record.logged_at, self.period)
+
+    async def _archive(
+        self, records: Sequence[LogRecord], start: dt.datetime, previous: StoredArchive | None
+    ) -> StoredArchive:
+        created_at = self.clock()
+        sequence = previous.linking.sequence + 1 if previous is not None else 1
+        previous_ref = previous.as_previous() if previous is not None else None
+        versions = {r.entry.conf_version for r in records}
+        trust = await asyncio.to_thread(
+            lambda: trust_material(self.history.anchor(), self.history.versions_for(versions))
+        )
+        try:
+            name, path, linking_bytes = await asyncio.to_thread(
+                self._write_file,
+                records,
+                sequence=sequence,
+                previous=previous_ref,
+                start=start,
+                created_at=created_at,
+                trust=trust,
+            )
+            location = await asyncio.to_thread(self.store.put, name, path, linking_bytes)
+        except (OSError, JisrError) as exc:
+            raise ArchiverError(
+                f"cannot write archive {sequence} (records {records[0].seq}..{records[-1].seq}): "
+                f"{exc}; the records stay in the log and are archived on the next pass"
+            ) from exc
+        await self.source.mark_archived(records[-1].seq, name, now=self.clock())
+        self.written.append((name, location))
+        _log.info(
+            "archive_written",
+            archive=name,
+            location=location,
+            first_seq=records[0].seq,
+            last_seq=records[-1].seq,
+        )
+        return StoredArchive(name, linking_bytes)
+
+    def _write_file(
+        self,
+        records: Sequence[LogRecord],
+        *,
+        sequence: int,
+        previous: PreviousArchive | None,
+        start: dt.datetime,
+        created_at: dt.datetime,
+        trust: Mapping[str, bytes],
+    ) -> tuple[str, Path, bytes]:
+        self.store.staging.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".archive-", suffix=".partial", dir=self.store.staging)
+        path = Path(temp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                builder = ArchiveBuilder(f, created_at=created_at)
+                for record in records:
+                    builder.add(record)
+                linking, linking_bytes = builder.finish(
+                    sequence=sequence,
+                    previous=previous,
+                    period_start=start,
+                    period_end=start + self.period,
+                    trust=trust,
+                )
+                f.flush()
+                os.fsync(f.fileno())
+            # Read back what was written: a store must never receive a damaged archive.
+            with ArchiveReader(str(path), label=linking.name) as reader:
+                if read_linking(reader) != linking:
+                    raise ArchiverError(f"archive {linking.name} did not read back as written")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        return linking.name, path, linking_bytes
+
+    # -- background task ------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Archive every ``interval_s`` until cancelled; a failed pass is logged and retried."""
+        while True:
+            try:
+                await self.archive_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a pass must never end the task; the next one retries
+                _log.exception("archive_pass_failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="jisr-archiver")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def on_conf_change(history: ConfHistory, conf_directory: Path) -> Callable[[GlobalConf], None]:
+    """A configuration-client ``on_change`` callback keeping each accepted version's trust."""
+
+    def remember(conf: GlobalConf) -> None:
+        history.remember_from(conf_directory)
+
+    return remember

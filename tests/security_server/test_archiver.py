@@ -1,0 +1,252 @@
+"""The archiver on a real message log (PostgreSQL) timestamped by a real TSA over HTTP: closed
+periods become archives that the offline auditor verifies, records are marked only once their
+archive is durable, and a crash in between is recovered."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from audit.archive_format import LinkingFile
+from audit.verifier import verify_path
+from gateway.log_record import LogRecord
+from security_server.archiver import (
+    Archiver,
+    ArchiverError,
+    ConfHistory,
+    DirectoryStore,
+)
+from security_server.message_log import PostgresMessageLog
+from security_server.timestamper import Timestamper
+from storage.migrations import apply_migrations
+from tests.audit.evidence import HJC_SS1, Federation, NodeLog
+from tests.pki_factory import NOW
+from trust_services.http_server import serve_app
+from trust_services.tsa_server import SerialNumbers, tsa_app
+
+pytestmark = pytest.mark.postgres
+
+START = NOW.replace(minute=0)
+HOUR = dt.timedelta(hours=1)
+
+
+class Clock:
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+@dataclasses.dataclass
+class Node:
+    """A node's message log, timestamper and archiver sharing one clock."""
+
+    federation: Federation
+    log: PostgresMessageLog
+    timestamper: Timestamper
+    history: ConfHistory
+    clock: Clock
+    archive_dir: Path
+    entries: NodeLog
+
+    def archiver(self, **options: object) -> Archiver:
+        return Archiver(
+            self.log,
+            DirectoryStore(self.archive_dir),
+            self.history,
+            clock=self.clock,
+            **options,  # type: ignore[arg-type]
+        )
+
+    async def exchanges(self, count: int, at: dt.datetime, *, stamp: bool = True) -> None:
+        self.clock.now = at
+        for exchange in self.entries.exchanges(count, at - dt.timedelta(seconds=1)):
+            await self.log.record(exchange.request)
+            await self.log.record(exchange.response)
+        if stamp:
+            await self.timestamper.timestamp_pending()
+
+
+@pytest.fixture
+async def node(fresh_db_url: str, tmp_path: Path) -> AsyncIterator[Node]:
+    federation = Federation()
+    clock = Clock(START)
+    app = tsa_app(federation.tsa, SerialNumbers(tmp_path / "serial"), clock=lambda: clock.now)
+    async with serve_app(app) as bound:
+        federation.tsa_url = bound + "/"
+        federation.versions.clear()
+        federation.publish(1, START - HOUR)
+        pool = await asyncpg.create_pool(fresh_db_url, min_size=1, max_size=4)
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn, "security_server.log_migrations")
+            async with aiohttp.ClientSession() as session:
+                timestamper = Timestamper(pool, federation, session, clock=clock)
+                history = ConfHistory(tmp_path / "conf-history", anchor=federation.anchor_bytes())
+                for document, signature in federation.versions:
+                    history.remember(document, signature)
+                async with PostgresMessageLog(
+                    pool, HJC_SS1, clock=clock, timestamper=timestamper
+                ) as log:
+                    archive_dir = tmp_path / "archives"
+                    archive_dir.mkdir()
+                    yield Node(
+                        federation,
+                        log,
+                        timestamper,
+                        history,
+                        clock,
+                        archive_dir,
+                        NodeLog(federation),
+                    )
+        finally:
+            await pool.close()
+
+
+def _archives(directory: Path) -> list[Path]:
+    return sorted(directory.glob("archive-*.zip"))
+
+
+async def test_closed_periods_become_archives_the_auditor_verifies(node: Node) -> None:
+    await node.exchanges(3, START + dt.timedelta(minutes=10))
+    await node.exchanges(1, START + HOUR + dt.timedelta(minutes=10))
+    archiver = node.archiver()
+
+    node.clock.now = START + HOUR + dt.timedelta(minutes=30)
+    assert await archiver.archive_once() == ["archive-00000001-20261101T120000Z.zip"]
+    assert await node.log.archived_through() == 6  # three exchanges: six records
+    first = verify_path(node.archive_dir, anchor=node.federation.anchor)
+    assert first.ok, first.failures()
+
+    node.clock.now = START + 2 * HOUR + dt.timedelta(minutes=5)
+    assert await archiver.archive_once() == ["archive-00000002-20261101T130000Z.zip"]
+    assert await node.log.archived_through() == 8
+    report = verify_path(node.archive_dir, anchor=node.federation.anchor)
+    assert report.ok, report.failures()
+    chain = report.find("archive chain of node IQ/GOV/HJC/ss1")
+    assert chain is not None
+    assert chain.ok
+    # Nothing is left to archive, and nothing is written twice.
+    assert await archiver.archive_once() == []
+    assert len(_archives(node.archive_dir)) == 2
+
+
+async def test_an_open_period_is_not_archived(node: Node) -> None:
+    await node.exchanges(1, START + dt.timedelta(minutes=10))
+    node.clock.now = START + HOUR + dt.timedelta(minutes=1)  # inside the grace period
+    assert await node.archiver().archive_once() == []
+    assert await node.log.archived_through() == 0
+
+
+async def test_records_waiting_for_a_timestamp_hold_back_their_period(node: Node) -> None:
+    await node.exchanges(1, START + dt.timedelta(minutes=10))
+    await node.exchanges(1, START + dt.timedelta(minutes=20), stamp=False)
+    node.clock.now = START + 3 * HOUR
+    archiver = node.archiver()
+    assert await archiver.archive_once() == []
+    await node.timestamper.timestamp_pending()
+    assert await archiver.archive_once() == ["archive-00000001-20261101T120000Z.zip"]
+    assert await node.log.archived_through() == 4
+
+
+async def test_a_big_period_is_cut_into_chained_archives(node: Node) -> None:
+    await node.exchanges(4, START + dt.timedelta(minutes=10))
+    node.clock.now = START + 2 * HOUR
+    names = await node.archiver(max_records=3).archive_once()
+    assert len(names) == 3  # 8 records: 3 + 3 + 2
+    report = verify_path(node.archive_dir, anchor=node.federation.anchor)
+    assert report.ok, report.failures()
+    # An exchange cut between two archives has one container in each.
+    assert len(report.items) == 3 + 8 + 1
+
+
+async def test_archive_stored_but_not_marked_is_marked_after_a_crash(node: Node) -> None:
+    await node.exchanges(2, START + dt.timedelta(minutes=10))
+    node.clock.now = START + 2 * HOUR
+
+    class CrashingLog:
+        """The log as seen by an archiver that dies right after storing its archive."""
+
+        async def archived_through(self) -> int:
+            return await node.log.archived_through()
+
+        async def read_records(self, *, after_seq: int = 0, limit: int = 1000) -> list[LogRecord]:
+            return await node.log.read_records(after_seq=after_seq, limit=limit)
+
+        async def mark_archived(
+            self, up_to_seq: int, archive_name: str, *, now: dt.datetime | None = None
+        ) -> None:
+            raise ConnectionResetError("the node stopped")
+
+    crashing = Archiver(
+        CrashingLog(), DirectoryStore(node.archive_dir), node.history, clock=node.clock
+    )
+    with pytest.raises(ConnectionResetError):
+        await crashing.archive_once()
+    assert len(_archives(node.archive_dir)) == 1
+    assert await node.log.archived_through() == 0
+
+    assert await node.archiver().archive_once() == []
+    assert await node.log.archived_through() == 4
+    assert len(_archives(node.archive_dir)) == 1
+
+
+async def test_a_failed_write_leaves_records_in_the_log_and_no_partial_file(
+    node: Node, tmp_path: Path
+) -> None:
+    await node.exchanges(1, START + dt.timedelta(minutes=10))
+    node.clock.now = START + 2 * HOUR
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the archive directory should be")
+    archiver = Archiver(node.log, DirectoryStore(blocked), node.history, clock=node.clock)
+    with pytest.raises(ArchiverError, match="the records stay in the log"):
+        await archiver.archive_once()
+    assert await node.log.archived_through() == 0
+    # Retention cannot delete what was never archived.
+    assert await node.log.purge_expired(START + dt.timedelta(days=365)) == 0
+    assert await node.archiver().archive_once() == ["archive-00000001-20261101T120000Z.zip"]
+    assert not list(node.archive_dir.glob(".archive-*"))
+
+
+async def test_archives_chain_on_across_archiver_restarts(node: Node) -> None:
+    await node.exchanges(1, START + dt.timedelta(minutes=10))
+    node.clock.now = START + 2 * HOUR
+    await node.archiver().archive_once()
+    await node.exchanges(1, START + 2 * HOUR + dt.timedelta(minutes=10))
+    node.clock.now = START + 4 * HOUR
+    assert await node.archiver().archive_once() == ["archive-00000002-20261101T140000Z.zip"]
+    first, second = _archives(node.archive_dir)
+    report = verify_path(node.archive_dir, anchor=node.federation.anchor)
+    assert report.ok, report.failures()
+    with zipfile.ZipFile(second) as zf:
+        linking = LinkingFile.from_bytes(zf.read("linking.json"))
+    assert linking.previous is not None
+    assert linking.previous.name == first.name
+
+
+async def test_archives_carry_the_configuration_version_each_record_names(node: Node) -> None:
+    """A new version with the same trust content is not kept; the earlier one stands for it."""
+    second = node.federation.publish(2, START + dt.timedelta(minutes=5))
+    assert not node.history.remember(*second)
+    assert node.history.versions() == [1]
+    node.entries = NodeLog(node.federation)
+    node.clock.now = START + dt.timedelta(minutes=10)
+    for exchange in node.entries.exchanges(1, node.clock.now, conf_version=2):
+        await node.log.record(exchange.request)
+        await node.log.record(exchange.response)
+    await node.timestamper.timestamp_pending()
+    node.clock.now = START + 2 * HOUR
+    await node.archiver().archive_once()
+    report = verify_path(node.archive_dir, anchor=node.federation.anchor)
+    assert report.ok, report.failures()
+    details = [c.detail for i in report.items for c in i.checks if c.name == "configuration"]
+    assert details
+    assert all(d.startswith("configuration version 1 (the record names 2;") for d in details)
