@@ -36,7 +36,7 @@ async def pool(fresh_db_url: str, data_dir: Path) -> AsyncIterator[asyncpg.Pool]
         data_dir=data_dir,
         database="registry",
         migrations="registry.migrations",
-        max_size=4,
+        max_size=8,
     ) as p:
         yield p
 

@@ -48,7 +48,7 @@ async def api(registry: Registry) -> AsyncIterator[Api]:
             port=0,
             interval_s=60,
         ) as (url, publisher),
-        aiohttp.ClientSession() as session,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
     ):
         publisher.poll_s = 0.05
         yield Api(session, url, registry.api_key)

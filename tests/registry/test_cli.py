@@ -116,7 +116,7 @@ async def test_init_serve_operate_and_export_anchor(fresh_db_url: str, tmp_path:
         assert len(anchor.verification_certs) == 2
         assert [s.url for s in anchor.sources] == [url + "/globalconf/current"]
 
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             for _ in range(300):
                 async with session.get(url + "/globalconf/current") as resp:
                     pointer = await resp.json()
