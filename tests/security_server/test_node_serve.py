@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.globalconf import OutdatedGlobalConf
 from gateway.identifiers import parse_client
@@ -24,6 +27,7 @@ from security_server.node_keys import NodeKeys
 from security_server.registration import register_server
 from storage.database import open_pool
 from storage.embedded import database_url
+from tests.pki_factory import FixturePki, Issued, new_key
 from tests.security_server.test_node_setup import (
     PASSPHRASE,
     SERVER,
@@ -98,17 +102,19 @@ def _client_context(node: NodeDir, *, with_auth_cert: bool) -> ssl.SSLContext:
 async def _exchange(url: str, ctx: ssl.SSLContext) -> tuple[x509.Certificate, bytes]:
     """The server's certificate and the first bytes of its HTTP answer to a GET."""
     host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, int(port), ssl=ctx, ssl_shutdown_timeout=1), timeout=10
+    )
     try:
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         await writer.drain()
-        answer = await reader.read(12)
+        answer = await asyncio.wait_for(reader.read(12), timeout=10)
         der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         return x509.load_der_x509_certificate(der), answer
     finally:
         writer.close()
-        with contextlib.suppress(ssl.SSLError, ConnectionError):
-            await writer.wait_closed()
+        with contextlib.suppress(ssl.SSLError, ConnectionError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), timeout=5)
 
 
 async def _refused(url: str, ctx: ssl.SSLContext) -> bool:
@@ -197,3 +203,90 @@ async def test_starts_without_registry_and_refuses_exchange_until_configured(
         assert await _refused(
             running.endpoints["server"], _client_context(node, with_auth_cert=True)
         )
+
+
+def _self_signed(cn: str) -> Issued:
+    """An information system's own TLS certificate, as such systems usually have."""
+    key = new_key()
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)])
+    now = utc_now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(cert, key)
+
+
+def _context_with(issued: Issued, tmp: Path, name: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    cert_file, key_file = issued.write(tmp, name)
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    return ctx
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    for _ in range(100):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the running node did not follow the change")
+
+
+async def test_listeners_follow_approved_cas_and_client_certificates(
+    network: Network,
+    session: aiohttp.ClientSession,
+    node_pool: asyncpg.Pool,
+    tmp_path: Path,
+) -> None:
+    node = await _registered_node(network, session)
+    other_ca = FixturePki.create(now=utc_now(), cn="Second Approved CA")
+    peer = other_ca.authentication("IQ/GOV/NDC/ss9")
+    system = _self_signed("population.ndc.gov.iq")
+    async with running_node(node, PASSPHRASE, pool=node_pool) as running:
+        server_url = running.endpoints["server"]
+        peer_ctx = _context_with(peer, tmp_path, "peer")
+        assert await _refused(server_url, peer_ctx)
+
+        await network.store.add_ca(
+            "test", "Second CA", other_ca.root.cert.public_bytes(Encoding.DER)
+        )
+
+        async def peer_accepted() -> bool:
+            running.conf.wake()
+            return not await _refused(server_url, _context_with(peer, tmp_path, "peer"))
+
+        await _eventually(peer_accepted)
+        assert running.endpoints["server"] == server_url  # same port after re-binding
+
+        # Client side: once a client certificate is registered, the HTTPS listener asks for
+        # one and accepts only registered certificates.
+        https_url = running.endpoints["client_https"]
+        first = _self_signed("cases.hjc.gov.iq")
+        await CatalogueStore(node_pool).add_client(
+            "cli", "IQ/GOV/HJC/inheritance", connection_type="https_cert", tls_certs=[first.cert]
+        )
+
+        async def system_refused() -> bool:
+            return await _refused(https_url, _context_with(system, tmp_path, "system"))
+
+        await _eventually(system_refused)
+        assert not await _refused(https_url, _context_with(first, tmp_path, "first"))
+        await CatalogueStore(node_pool).add_client(
+            "cli", "IQ/GOV/HJC/cases", connection_type="https_cert", tls_certs=[system.cert]
+        )
+
+        async def system_accepted() -> bool:
+            return not await _refused(https_url, _context_with(system, tmp_path, "system"))
+
+        await _eventually(system_accepted)
