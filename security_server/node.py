@@ -24,9 +24,12 @@ Rules:
 - Trust follows the configuration: when the approved CAs change, the server-side listener is
   re-bound on the same port with a new TLS context; when registered client certificates
   change, so is the client-side HTTPS listener. Connections already open finish normally.
-- Background tasks: configuration polling, own OCSP refreshing, and a catalogue watcher that
-  picks up changes made by ``jisr node`` commands in other processes (every 2 s).
-- Shutdown, in reverse: listeners, background tasks, outgoing sessions, database pool, the
+- Background tasks: configuration polling, own OCSP refreshing, the message log's writer and
+  its batch timestamper (:mod:`security_server.message_log`, :mod:`.timestamper`), and a
+  catalogue watcher that picks up changes made by ``jisr node`` commands in other processes
+  (every 2 s).
+- Shutdown, in reverse: listeners (open requests get 5 s), background tasks, the message log
+  (queued records are written first), the timestamper, outgoing sessions, database pool, the
   embedded PostgreSQL.
 """
 

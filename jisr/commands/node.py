@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import getpass
 import json
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -502,11 +503,12 @@ def api_key() -> None:
 
 @api_key.command("create")
 @_DATA_DIR
-@click.option("--name", required=True)
+@click.option("--name", help="A name for the key (default: the role and a random suffix).")
 @click.option("--role", type=click.Choice(["operator", "auditor"]), required=True)
 @click.pass_context
-def api_key_create(ctx: click.Context, data_dir: Path | None, name: str, role: str) -> None:
+def api_key_create(ctx: click.Context, data_dir: Path | None, name: str | None, role: str) -> None:
     """Create an admin API key; it is printed once and stored only as a hash."""
+    name = name or f"{role}-{secrets.token_hex(3)}"
 
     async def create(store: CatalogueStore) -> str:
         return await store.create_api_key(_actor(), name, role)
