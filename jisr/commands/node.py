@@ -245,13 +245,19 @@ def add_client(
         else []
     )
 
-    async def add(store: CatalogueStore) -> None:
+    async def add(store: CatalogueStore) -> bool:
+        if store.client(client) is not None:
+            # Re-running after a refused registry request must not fail on the local part.
+            return False
         await store.add_client(
             _actor(), str(client), connection_type=connection_type, tls_certs=certs
         )
+        return True
 
-    _with_catalogue(node_dir, add)
-    click.echo(f"{client} added to this node ({connection_type})")
+    if _with_catalogue(node_dir, add):
+        click.echo(f"{client} added to this node ({connection_type})")
+    else:
+        click.echo(f"{client} is already a client of this node; its settings are unchanged")
     if local_only:
         return
 

@@ -111,6 +111,8 @@ def test_operator_sets_up_a_node_with_the_commands(tmp_path: Path, fresh_db_url:
 
     provider = "IQ/GOV/HJC/inheritance"
     _run("node", "add-client", "--data-dir", str(data), provider, "--local-only")
+    again = _run("node", "add-client", "--data-dir", str(data), provider, "--local-only")
+    assert "already a client" in again
     _run(
         "node",
         "service",
