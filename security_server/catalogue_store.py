@@ -38,7 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from config.errors import ValidationError
+from config.errors import StorageError, ValidationError
 from gateway.identifiers import ClientId, ServiceId, parse_client
 from security_server.access_rights import AccessRight, AccessRights
 from security_server.catalogue import (
@@ -270,6 +270,11 @@ class CatalogueStore:
             raise AlreadyExists(
                 f"{action}: this already exists on the node ({_describe(details)}); nothing "
                 "was changed"
+            ) from exc
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise StorageError(
+                f"{action} failed in the node database ({exc.__class__.__name__}: {exc}); "
+                "nothing was changed"
             ) from exc
         await self.load()
 
