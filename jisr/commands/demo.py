@@ -27,7 +27,21 @@ from jisr.demo.run import run_demo
     is_flag=True,
     help="Run the checks and exchanges, print the results and exit (0 only if all passed).",
 )
-def demo(data_dir: Path, once: bool) -> None:
+@click.option(
+    "--http-port",
+    type=int,
+    default=8080,
+    show_default=True,
+    help="Client-side HTTP port of the HJC/NPA node (0: any free port).",
+)
+@click.option(
+    "--https-port",
+    type=int,
+    default=8443,
+    show_default=True,
+    help="Client-side HTTPS port of the HJC/NPA node (0: any free port).",
+)
+def demo(data_dir: Path, once: bool, http_port: int, https_port: int) -> None:
     """Start the demo network: CA, OCSP, TSA, registry, nodes and sample services."""
     stop = asyncio.Event()
 
@@ -35,7 +49,9 @@ def demo(data_dir: Path, once: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await run_demo(data_dir, once=once, stop=stop)
+        return await run_demo(
+            data_dir, once=once, stop=stop, http_port=http_port, https_port=https_port
+        )
 
     try:
         ok = asyncio.run(main())

@@ -91,7 +91,7 @@ def _fresh_dir(path: Path) -> Path:
     return path
 
 
-async def _fresh_database(server_url: str, name: str) -> str:
+async def fresh_database(server_url: str, name: str) -> str:
     conn = await asyncpg.connect(server_url)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -198,7 +198,7 @@ async def registry(
 ) -> AsyncIterator[RegistryRunning]:
     """The central registry with the demo members, auto-approval on, serving while open."""
     reg_dir = _fresh_dir(data_dir / "registry")
-    url = await _fresh_database(server_url, REGISTRY_DATABASE)
+    url = await fresh_database(server_url, REGISTRY_DATABASE)
     pool = await asyncpg.create_pool(url, min_size=1, max_size=5)
     try:
         async with pool.acquire() as conn:

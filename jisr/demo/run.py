@@ -13,9 +13,18 @@ import aiohttp
 import click
 from cryptography import x509
 
+from adapters.sample_services import run_sample_services
 from certs.tsa import MessageImprint, verify_token
 from gateway.anchor import Anchor
 from gateway.globalconf import GlobalConf, GlobalConfPointer, verify_globalconf
+from jisr.demo.exchanges import (
+    DECEASED_CITIZEN,
+    DIPLOMA_NUMBER,
+    EXCHANGES,
+    GET_CITIZEN,
+    LIVING_CITIZEN,
+)
+from jisr.demo.members import INHERITANCE, NODES
 from jisr.demo.network import (
     Endpoints,
     TrustServices,
@@ -25,6 +34,7 @@ from jisr.demo.network import (
     trust_services,
     utc_now,
 )
+from jisr.demo.nodes import running_nodes, set_up_node, wait_until_published
 from trust_services.ocsp_client import fetch_verdict
 from trust_services.tsa_client import request_timestamp
 
@@ -105,7 +115,14 @@ async def check_trust_services(
         report.add("TSA issues a timestamp token", False, str(exc))
 
 
-async def run_demo(data_dir: Path, *, once: bool, stop: asyncio.Event) -> bool:
+async def run_demo(
+    data_dir: Path,
+    *,
+    once: bool,
+    stop: asyncio.Event,
+    http_port: int = 8080,
+    https_port: int = 8443,
+) -> bool:
     """Bring the network up, check it, print the endpoints; with ``once`` stop afterwards."""
     started = time.monotonic()
     data_dir = prepare_data_dir(data_dir)
@@ -126,32 +143,91 @@ async def run_demo(data_dir: Path, *, once: bool, stop: asyncio.Event) -> bool:
         endpoints.anchor_file = str(reg.anchor_path)
         endpoints.anchor_digest = reg.anchor_digest
         endpoints.operator_api_key_file = str(reg.api_key_path)
+        samples = await stack.enter_async_context(await run_sample_services())
+        endpoints.sample_services = samples.base_url
+        endpoints.sample_national_ids = {
+            "living": LIVING_CITIZEN,
+            "deceased": DECEASED_CITIZEN,
+            "diploma": DIPLOMA_NUMBER,
+        }
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        anchor_bytes = reg.anchor_path.read_bytes()
+
+        click.echo("Setting up the nodes (keys, certificates, registration, services) ...")
+        layout = []
+        for spec in NODES:
+            directory = data_dir / "nodes" / spec.name
+            fixed = spec.client_http_port != 0
+            await set_up_node(
+                spec,
+                directory,
+                anchor=anchor_bytes,
+                server_url=server_url,
+                trust=trust,
+                session=session,
+                sample_base_url=samples.base_url,
+                http_port=http_port if fixed else 0,
+                https_port=https_port if fixed else 0,
+                now=now,
+            )
+            layout.append((spec, directory))
+        await wait_until_published(layout[0][1], NODES, session)
+        click.echo("Starting the nodes (jisr node serve) ...")
+        nodes = await stack.enter_async_context(running_nodes(layout, data_dir / "logs"))
+        for running in nodes:
+            endpoints.nodes[str(running.spec.server_id)] = {
+                k: str(v) for k, v in running.endpoints.items()
+            }
         network_file = endpoints.write()
+        consumer = next(n for n in nodes if n.spec.client_http_port)
+        consumer_url = str(consumer.endpoints["client_http"])
 
         click.echo("\nChecks:")
-        anchor = Anchor.from_bytes(reg.anchor_path.read_bytes())
-        async with aiohttp.ClientSession() as session:
+        anchor = Anchor.from_bytes(anchor_bytes)
+        try:
+            conf = await download_globalconf(session, anchor)
+            report.add(
+                "global configuration downloaded and verified as a node does",
+                True,
+                f"version {conf.version}, {len(conf.members)} members, "
+                f"{len(conf.security_servers)} nodes, {len(conf.approved_cas)} approved CA, "
+                f"{len(conf.tsas)} approved TSA, expires {conf.expires_at:%H:%M:%S} UTC",
+            )
+        except Exception as exc:  # the demo reports every failure instead of dying
+            report.add("global configuration downloaded and verified", False, str(exc))
+        await check_trust_services(session, trust, report)
+
+        click.echo(f"\nExchanges through {consumer_url} (node {consumer.spec.server_id}):")
+        for exchange in EXCHANGES:
             try:
-                conf = await download_globalconf(session, anchor)
+                outcome = await exchange(consumer_url, session)
+                report.add(outcome.name, outcome.ok, outcome.detail)
+            except Exception as exc:  # reported, not raised
                 report.add(
-                    "global configuration downloaded and verified as a node does",
-                    True,
-                    f"version {conf.version}, {len(conf.members)} members, "
-                    f"{len(conf.approved_cas)} approved CA, {len(conf.tsas)} approved TSA, "
-                    f"expires {conf.expires_at:%H:%M:%S} UTC",
+                    exchange.__name__.replace("_", " "), False, f"{type(exc).__name__}: {exc}"
                 )
-            except Exception as exc:  # the demo reports every failure instead of dying
-                report.add("global configuration downloaded and verified", False, str(exc))
-            await check_trust_services(session, trust, report)
 
         click.echo("\nThe network:")
         click.echo(f"  registry          {endpoints.registry}")
         click.echo(f"  global conf       {endpoints.globalconf}")
         click.echo(f"  OCSP responder    {endpoints.ocsp}")
         click.echo(f"  TSA               {endpoints.tsa}")
+        click.echo(f"  sample services   {endpoints.sample_services}")
+        for running in nodes:
+            eps = running.endpoints
+            click.echo(
+                f"  node {running.spec.server_id!s:<18} client {eps.get('client_http')} "
+                f"/ {eps.get('client_https')}, server {eps.get('server')}, admin {eps.get('admin')}"
+            )
         click.echo(f"  anchor            {endpoints.anchor_file}  ({endpoints.anchor_digest})")
         click.echo(f"  operator API key  {endpoints.operator_api_key_file}")
+        click.echo(f"  node logs         {data_dir / 'logs'}")
         click.echo(f"  all endpoints     {network_file}")
+        click.echo("\nTry it:")
+        click.echo(
+            f"  curl -H 'X-Road-Client: {INHERITANCE}' "
+            f"{consumer_url}/r1/{GET_CITIZEN}/citizens/{LIVING_CITIZEN}"
+        )
         elapsed = time.monotonic() - started
         verdict = "all checks passed" if report.ok else "SOME CHECKS FAILED"
         click.echo(f"\n{verdict} ({len(report.checks)} checks, {elapsed:.1f} s)")

@@ -15,6 +15,8 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 JISR = [sys.executable, "-m", "jisr"]
+#: The demo's fixed client ports (8080/8443) may be taken on a test machine.
+FREE_PORTS = ["--http-port", "0", "--https-port", "0"]
 
 
 def _env() -> dict[str, str]:
@@ -27,7 +29,7 @@ def _env() -> dict[str, str]:
 def test_demo_once_checks_the_network_and_exits_zero(tmp_path: Path) -> None:
     data = tmp_path / "demo"
     done = subprocess.run(
-        [*JISR, "demo", "--once", "--data-dir", str(data)],
+        [*JISR, "demo", "--once", "--data-dir", str(data), *FREE_PORTS],
         capture_output=True,
         text=True,
         timeout=180,
@@ -41,12 +43,22 @@ def test_demo_once_checks_the_network_and_exits_zero(tmp_path: Path) -> None:
         assert network[key], key
     assert network["registry"].startswith("http://127.0.0.1:")
     assert Path(network["anchor_file"]).is_file()
+    assert set(network["nodes"]) == {"IQ/GOV/NDC/ss1", "IQ/GOV/MOHESR/ss1", "IQ/GOV/HJC/ss1"}
+    assert network["sample_national_ids"]["living"]
+    for expected in (
+        "REST (aiohttp)",
+        "SOAP (zeep)",
+        "Metaservices",
+        "Server.ServerProxy.AccessDenied",
+    ):
+        assert expected in done.stdout, expected
+    assert "✘" not in done.stdout
 
 
 def test_demo_keeps_running_until_stopped(tmp_path: Path) -> None:
     data = tmp_path / "demo"
     proc = subprocess.Popen(
-        [*JISR, "demo", "--data-dir", str(data)],
+        [*JISR, "demo", "--data-dir", str(data), *FREE_PORTS],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

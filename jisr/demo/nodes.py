@@ -1,0 +1,289 @@
+"""The demo's security server nodes: set up as an operator would, then run as processes.
+
+Rules:
+- Each node is set up with the functions behind ``jisr node init``, ``add-member-key``,
+  ``import-cert``, ``register``, ``add-client``, ``service add`` and ``access grant``; the demo
+  plays the CA operator (it issues the certificates from the nodes' CSRs) and the registry
+  operator (auto-approval is on).
+- Each node then runs as its own process, ``jisr node serve --data-dir DIR``, exactly as a
+  ministry runs it; it is ready when it has written ``DIR/run/endpoints.json``. Its output goes
+  to ``<data dir>/logs/<node>.log``.
+- Processes run in their own session and are stopped with SIGTERM (SIGKILL after a grace
+  period), last started first, whatever ends the demo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from adapters.sample_services import SAMPLE_SERVICES
+from config.errors import ConfigError
+from gateway.identifiers import SubsystemId
+from jisr.demo.members import (
+    ALL_GOVERNMENT,
+    CERTIFICATES,
+    FORENSIC,
+    INHERITANCE,
+    PENSIONS,
+    POPULATION,
+    DemoNode,
+)
+from jisr.demo.network import DEMO_PASSPHRASE, TrustServices, fresh_database
+from security_server.catalogue_store import CatalogueStore
+from security_server.conf_client import ConfClient
+from security_server.node_dir import NodeDir
+from security_server.node_keys import (
+    AUTH_LABEL,
+    NodeKeys,
+    add_member_key,
+    import_certificate,
+    initialise_node,
+)
+from security_server.registration import client_request, register_server
+from storage.database import open_pool
+
+READY_TIMEOUT_S = 90.0
+STOP_GRACE_S = 10.0
+CONF_POLL_S = 5
+_ACTOR = "demo"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PublishedService:
+    """A sample service published on a provider node, and who may call it."""
+
+    provider: SubsystemId
+    kind: str  # key of adapters.sample_services.SAMPLE_SERVICES
+    service_code: str
+    allowed: tuple[str, ...]
+
+
+#: What the providers publish (see docs/demo.md for the access-right table).
+PUBLISHED = (
+    PublishedService(POPULATION, "ndc", "getCitizen", (str(INHERITANCE),)),
+    PublishedService(FORENSIC, "moh", "getDeathRecord", (str(INHERITANCE), str(PENSIONS))),
+    PublishedService(CERTIFICATES, "mohesr", "verifyDocument", (f"group:{ALL_GOVERNMENT}",)),
+)
+
+
+@dataclasses.dataclass
+class NodeProcess:
+    spec: DemoNode
+    directory: Path
+    process: asyncio.subprocess.Process
+    log_path: Path
+    endpoints: dict[str, Any]
+
+
+def free_port() -> int:
+    """A port free now, for the server side a node registers before it starts."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def certify(directory: Path, trust: TrustServices, now: dt.datetime) -> None:
+    """The CA issues certificates for every CSR the node wrote; the node imports them."""
+    node = NodeDir(directory)
+    ca = trust.ca
+    chain = b"".join(c.public_bytes(Encoding.PEM) for c in (*ca.intermediates, ca.root_certificate))
+    for label in NodeKeys(node).store.labels():
+        profile: Literal["auth", "sign"] = "auth" if label == AUTH_LABEL else "sign"
+        issued = ca.issue(node.csr_file(label).read_bytes(), profile, now=now)
+        import_certificate(directory, issued.public_bytes(Encoding.PEM), chain=chain, now=now)
+
+
+async def set_up_node(
+    spec: DemoNode,
+    directory: Path,
+    *,
+    anchor: bytes,
+    server_url: str,
+    trust: TrustServices,
+    session: aiohttp.ClientSession,
+    sample_base_url: str,
+    http_port: int,
+    https_port: int,
+    now: dt.datetime,
+) -> str:
+    """Set a node up and register it and its clients; return its database URL."""
+    database = f"jisr_node_{spec.name}"
+    url = await fresh_database(server_url, database)
+    server_port = free_port()
+    initialise_node(
+        directory,
+        server_id=str(spec.server_id),
+        anchor=anchor,
+        passphrase=DEMO_PASSPHRASE,
+        now=now,
+        public_address=f"127.0.0.1:{server_port}",
+        ports={
+            "client_http_port": http_port,
+            "client_https_port": https_port,
+            "server_port": server_port,
+            "admin_port": 0,
+        },
+        database_url=url,
+    )
+    for member in spec.members[1:]:
+        add_member_key(directory, str(member), DEMO_PASSPHRASE)
+    certify(directory, trust, now)
+    node = NodeDir(directory)
+    await register_server(node, DEMO_PASSPHRASE, session=session)
+    async with open_pool(
+        configured_url=url,
+        data_dir=directory,
+        database=database,
+        migrations="security_server.migrations",
+        max_size=2,
+    ) as pool:
+        store = CatalogueStore(pool)
+        await store.load()
+        for client in spec.clients:
+            await store.add_client(_ACTOR, str(client), connection_type="http")
+        for published in PUBLISHED:
+            if published.provider not in spec.clients:
+                continue
+            sample = SAMPLE_SERVICES[published.kind]
+            await store.add_wsdl(
+                _ACTOR,
+                str(published.provider),
+                document=sample.wsdl(),
+                address=sample.rest_url(sample_base_url).rstrip("/") + "/",
+            )
+            for subject in published.allowed:
+                await store.grant(_ACTOR, str(published.provider), published.service_code, subject)
+    for client in spec.clients:
+        await client_request(node, DEMO_PASSPHRASE, client, session=session)
+    return url
+
+
+async def wait_until_published(
+    directory: Path, specs: Sequence[DemoNode], session: aiohttp.ClientSession
+) -> None:
+    """Poll the registry as a node does until every node and client is in the configuration."""
+    node = NodeDir(directory)
+    client = ConfClient(node.globalconf_dir, node.load_anchor(), session=session)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        await client.poll_once()
+        conf = client.latest
+        if conf is not None and all(
+            conf.server(spec.server_id) is not None
+            and all(conf.servers_for_client(c) for c in spec.clients)
+            for spec in specs
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"the registry did not publish every demo node within {READY_TIMEOUT_S:.0f} s"
+            )
+        await asyncio.sleep(0.3)
+
+
+def _read_endpoints(path: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text("utf-8"))
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+async def _wait_for_endpoints(path: Path, process: asyncio.subprocess.Process) -> dict[str, Any]:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline and process.returncode is None:
+        found = _read_endpoints(path)
+        if found:
+            return found
+        await asyncio.sleep(0.1)
+    return {}
+
+
+async def _stop(running: NodeProcess) -> None:
+    process = running.process
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(process.wait()), STOP_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text("utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextlib.asynccontextmanager
+async def running_nodes(
+    nodes: Sequence[tuple[DemoNode, Path]], log_dir: Path
+) -> AsyncIterator[list[NodeProcess]]:
+    """Start ``jisr node serve`` for each node; stop them all when the block ends."""
+    os.makedirs(log_dir, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        {
+            "JISR_NODE_KEY_PASSPHRASE": DEMO_PASSPHRASE,
+            "JISR_NODE_CONF_POLL_S": str(CONF_POLL_S),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.pop("JISR_CONFIG", None)
+    started: list[NodeProcess] = []
+    try:
+        for spec, directory in nodes:
+            log_path = log_dir / f"node-{spec.name}.log"
+            with log_path.open("wb") as log_file:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "jisr",
+                    "--log-format",
+                    "json",
+                    "node",
+                    "serve",
+                    "--data-dir",
+                    str(directory),
+                    env=env,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            started.append(NodeProcess(spec, directory, process, log_path, {}))
+        for running in started:
+            endpoints = await _wait_for_endpoints(
+                NodeDir(running.directory).endpoints_file, running.process
+            )
+            if not endpoints:
+                raise ConfigError(
+                    f"node {running.spec.server_id} did not start; the end of its log "
+                    f"({running.log_path}):\n{_tail(running.log_path)}"
+                )
+            running.endpoints = endpoints
+        yield started
+    finally:
+        for running in reversed(started):
+            await _stop(running)
