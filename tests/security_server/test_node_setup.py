@@ -31,7 +31,7 @@ from registry.conf_keys import export_anchor, initialise_registry
 from registry.server import running_registry
 from registry.store import RegistryStore
 from security_server.conf_client import ConfClient
-from security_server.node_dir import NodeDir, NodeDirError, passphrase_from_env
+from security_server.node_dir import NodeDir, NodeDirError, passphrase_from_env, render_node_toml
 from security_server.node_keys import (
     AUTH_LABEL,
     NodeKeyError,
@@ -317,3 +317,23 @@ async def test_register_needs_imported_certificates(
     directory = network.new_node()
     with pytest.raises(NodeKeyError, match="import-cert"):
         await register_server(NodeDir(directory), PASSPHRASE, session=session)
+
+
+def test_settings_file_is_valid_toml_and_environment_overrides_it(tmp_path: Path) -> None:
+    text = render_node_toml(
+        server_id=SERVER,
+        host="0.0.0.0",  # noqa: S104 (a value written to a file, nothing binds here)
+        public_address='ss1."hjc".gov.iq:5500',
+        ports={"admin_port": 0},
+        database_url="postgresql://jisr@db.hjc.gov.iq/jisr",
+    )
+    node = NodeDir(tmp_path)
+    node.config_file.write_bytes(text)
+    node.anchor_file.write_text("{}")
+    settings = node.load_settings(env={"JISR_NODE_ADMIN_PORT": "4100"})
+    assert settings.node.public_address == 'ss1."hjc".gov.iq:5500'
+    assert settings.node.admin_port == 4100
+    assert settings.database.url == "postgresql://jisr@db.hjc.gov.iq/jisr"
+    assert settings.data_dir == tmp_path
+    with pytest.raises(NodeDirError, match="control characters"):
+        render_node_toml(server_id=SERVER, host="h\n", public_address="", ports={}, database_url="")
