@@ -121,7 +121,7 @@ class MessageFiles:
         self.signature = f"META-INF/signature-{role}.p7s"
         self.ocsp = f"{role}/ocsp.der"
         self.chain = f"{role}/chain.pem"
-        self.record = f"{role}/record.bin"
+        self.record = f"{role}/record.json"
         self.timestamp = f"META-INF/timestamp-{role}.tst"
         self.timestamp_proof = f"{role}/timestamp-proof.bin"
         self.timestamp_root = f"{role}/timestamp-root.hex"
@@ -739,69 +739,89 @@ def _role_of(record: LogRecord) -> Role:
     return "request" if record.entry.is_request else "response"
 
 
-def exchange_entries(
-    records: Sequence[LogRecord],
+def archived_message(record: LogRecord) -> ArchivedMessage:
+    """A timestamped log record as the evidence files a container holds for it."""
+    stamp = record.timestamp
+    if stamp is None:
+        raise ValueError(f"record {record.seq} is not timestamped yet; archive it later")
+    entry = record.entry
+    proof = decode_proof(entry.proof)
+    root = hash_tree.root_from_proof(hash_tree.leaf_hash(entry.signed_part), proof)
+    if root is None:
+        raise ValueError(f"record {record.seq}: the logged inclusion proof leads to no root")
+    return ArchivedMessage(
+        role=_role_of(record),
+        seq=record.seq,
+        prev_hash=record.prev_hash,
+        record_hash=record.record_hash,
+        batch_id=stamp.batch.batch_id,
+        tsa_url=stamp.batch.tsa_url,
+        signed_part=entry.signed_part,
+        body=entry.body,
+        proof=entry.proof,
+        root_content=root_content(root, proof.tree_size),
+        signature=entry.signature,
+        ocsp=entry.ocsp,
+        chain_pem=chain_pem(entry.certificates),
+        record=record.canonical_bytes(),
+        timestamp_token=stamp.batch.token,
+        timestamp_proof=encode_proof(stamp.proof),
+        timestamp_root=stamp.batch.root.hex().encode("ascii"),
+    )
+
+
+def evidence_entries(
+    node: str,
+    message_id: str,
+    client: str,
+    service: str,
+    messages: Sequence[ArchivedMessage],
     *,
     trust: Mapping[str, bytes] | None = None,
     sources: Sequence[Source] = (),
 ) -> list[AsicEntry]:
-    """The entries of the container for ``records`` (one request and/or one response of one
-    exchange, each timestamped)."""
-    if not 1 <= len(records) <= 2:
+    """The entries of an exchange container: ``evidence.json``, each message's files, the
+    trust material (exported containers only), then signatures and tokens under META-INF."""
+    if not 1 <= len(messages) <= 2:
         raise ValueError("an exchange container holds one request and/or one response")
-    roles = [_role_of(r) for r in records]
-    if len(set(roles)) != len(roles):
-        raise ValueError("an exchange container holds at most one record per role")
-    first = records[0].entry
-    for record in records[1:]:
-        if (record.entry.message_id, record.entry.client) != (first.message_id, first.client):
-            raise ValueError("the records of one container must belong to one exchange")
-    ordered = sorted(records, key=lambda r: ROLES.index(_role_of(r)))
-    index_messages = []
+    if len({m.role for m in messages}) != len(messages):
+        raise ValueError("an exchange container holds at most one message per role")
     entries: list[AsicEntry] = []
     meta_entries: list[AsicEntry] = []
-    for record in ordered:
-        stamp = record.timestamp
-        if stamp is None:
-            raise ValueError(f"record {record.seq} is not timestamped yet; archive it later")
-        entry = record.entry
-        role = _role_of(record)
-        names = FILES[role]
-        proof = decode_proof(entry.proof)
-        root = hash_tree.root_from_proof(hash_tree.leaf_hash(entry.signed_part), proof)
-        if root is None:
-            raise ValueError(f"record {record.seq}: the logged inclusion proof leads to no root")
-        files: list[tuple[str, bytes]] = [
-            (names.signed_part, entry.signed_part),
-            (names.proof, entry.proof),
-            (names.root_content, root_content(root, proof.tree_size)),
-            (names.ocsp, entry.ocsp),
-            (names.chain, chain_pem(entry.certificates)),
-            (names.record, record.canonical_bytes()),
-            (names.timestamp_proof, encode_proof(stamp.proof)),
-            (names.timestamp_root, stamp.batch.root.hex().encode("ascii")),
+    index_messages = []
+    for message in sorted(messages, key=lambda m: ROLES.index(m.role)):
+        names = message.files
+        files: list[tuple[str, bytes]] = [(names.signed_part, message.signed_part)]
+        if message.body is not None:
+            files.append((names.body, message.body))
+        files += [
+            (names.proof, message.proof),
+            (names.root_content, message.root_content),
+            (names.ocsp, message.ocsp),
+            (names.chain, message.chain_pem),
+            (names.record, message.record),
+            (names.timestamp_proof, message.timestamp_proof),
+            (names.timestamp_root, message.timestamp_root),
         ]
-        if entry.body is not None:
-            files.insert(1, (names.body, entry.body))
         entries.extend(AsicEntry(n, d, _media_type(n)) for n, d in files)
-        meta_entries.append(AsicEntry(names.signature, entry.signature))
-        meta_entries.append(AsicEntry(names.timestamp, stamp.batch.token))
+        meta_entries.append(AsicEntry(names.signature, message.signature))
+        meta_entries.append(AsicEntry(names.timestamp, message.timestamp_token))
         index_messages.append(
             {
-                "role": role,
-                "seq": record.seq,
-                "prev_hash": record.prev_hash.hex(),
-                "record_hash": record.record_hash.hex(),
-                "body_logged": entry.body is not None,
-                "timestamp": {"batch_id": stamp.batch.batch_id, "tsa_url": stamp.batch.tsa_url},
+                "role": message.role,
+                "seq": message.seq,
+                "prev_hash": message.prev_hash.hex(),
+                "record_hash": message.record_hash.hex(),
+                "body_logged": message.body is not None,
+                "timestamp": {"batch_id": message.batch_id, "tsa_url": message.tsa_url},
             }
         )
     index = {
         "format": EVIDENCE_FORMAT,
-        "node": str(records[0].node),
-        "message_id": first.message_id,
-        "client": str(first.client),
-        "service": str(first.service),
+        "node": node,
+        "message_id": message_id,
+        "client": client,
+        "service": service,
         "messages": index_messages,
         "sources": [s.to_json() for s in sources],
     }
@@ -817,6 +837,31 @@ def exchange_entries(
         *trust_entries,
         *meta_entries,
     ]
+
+
+def exchange_entries(
+    records: Sequence[LogRecord],
+    *,
+    trust: Mapping[str, bytes] | None = None,
+    sources: Sequence[Source] = (),
+) -> list[AsicEntry]:
+    """The entries of the container for ``records`` (one request and/or one response of one
+    exchange, each timestamped)."""
+    if not records:
+        raise ValueError("an exchange container holds one request and/or one response")
+    first = records[0].entry
+    for record in records[1:]:
+        if (record.entry.message_id, record.entry.client) != (first.message_id, first.client):
+            raise ValueError("the records of one container must belong to one exchange")
+    return evidence_entries(
+        str(records[0].node),
+        first.message_id,
+        str(first.client),
+        str(first.service),
+        [archived_message(r) for r in records],
+        trust=trust,
+        sources=sources,
+    )
 
 
 def build_exchange_container(
