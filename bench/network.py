@@ -38,7 +38,7 @@ import asyncpg
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from bench.errors import BenchError
-from bench.processes import Children
+from bench.processes import Child, Children
 from bench.scenarios import (
     ECHO_SERVICE_CODE,
     SMALL_SERVICE_CODE,
@@ -359,7 +359,12 @@ def _serve_argv(directory: Path) -> list[str]:
 
 
 async def _start_node(
-    children: Children, name: str, directory: Path, url: str, directions: tuple[str, str]
+    children: Children,
+    name: str,
+    directory: Path,
+    url: str,
+    directions: tuple[str, str],
+    started: list[Child],
 ) -> RunningNodeProcess:
     env: Mapping[str, str] = {
         **os.environ,
@@ -374,6 +379,7 @@ async def _start_node(
         ready_file=node.endpoints_file,
         ready_timeout_s=READY_TIMEOUT_S,
     )
+    started.append(child)
     return RunningNodeProcess(name, directory, url, child.pid, child.ready, directions)
 
 
@@ -407,6 +413,15 @@ async def node_network(
                     now=now,
                 )
             await _publish_services(urls["provider"], data_dir / "node-provider", service_url)
+            started: list[Child] = []
+
+            async def stop_nodes() -> None:
+                # The nodes stop before the registry, trust services and PostgreSQL they use,
+                # also when the network fails to come up.
+                for child in reversed(started):
+                    await children.stop(child)
+
+            stack.push_async_callback(stop_nodes)
             for name in urls:
                 await _wait_until_published(
                     data_dir / f"node-{name}", (CONSUMER_SERVER, PROVIDER_SERVER), session
@@ -417,6 +432,7 @@ async def node_network(
                 data_dir / "node-consumer",
                 urls["consumer"],
                 _CONSUMER_DIRECTIONS,
+                started,
             )
             provider = await _start_node(
                 children,
@@ -424,6 +440,7 @@ async def node_network(
                 data_dir / "node-provider",
                 urls["provider"],
                 _PROVIDER_DIRECTIONS,
+                started,
             )
             probe_calls = await _probe(
                 str(consumer.endpoints["client_http"]), session, children.log_dir
@@ -443,11 +460,4 @@ async def node_network(
             postgres_pid=_postmaster_pid(data_dir),
             probe_calls=probe_calls,
         )
-        try:
-            yield network
-        finally:
-            # The nodes stop before the registry, trust services and PostgreSQL they use.
-            for running in (provider, consumer):
-                for child in list(children.started):
-                    if child.pid == running.pid:
-                        await children.stop(child)
+        yield network
