@@ -64,7 +64,7 @@ from certs.cms import CmsVerified, verify_detached
 from certs.errors import CertValidityError, PathValidationError, WrongProfileError
 from certs.ocsp import OcspError, verify_response
 from certs.profiles import member_id_of
-from certs.tsa import TimestampError, verify_token
+from certs.tsa import TimestampError, TimestampInfo, verify_token
 from config.errors import JisrError
 from gateway import hash_tree
 from gateway.anchor import Anchor
@@ -147,6 +147,8 @@ class _Audit:
         self.revocations: dict[bytes, _Revocation] = {}
         self.responders: dict[bytes, x509.Certificate] = {}
         self.archives: list[_ArchiveSeen] = []
+        self._signatures: dict[bytes, CmsVerified] = {}
+        self._tokens: dict[bytes, TimestampInfo] = {}
 
     # --- archives ------------------------------------------------------------------------
 
@@ -595,8 +597,11 @@ class _Audit:
     def _signature(
         self, message: ArchivedMessage, content: bytes, item: ItemVerdict
     ) -> CmsVerified | None:
+        key = hashlib.sha256(message.signature).digest() + hashlib.sha256(content).digest()
         try:
-            verified = verify_detached(message.signature, content)
+            # One batch signature covers many messages: verify each (signature, content) once.
+            verified = self._signatures.get(key) or verify_detached(message.signature, content)
+            self._signatures[key] = verified
         except JisrError as exc:
             item.failed(
                 "signature",
@@ -790,8 +795,17 @@ class _Audit:
             item.failed("timestamp", "no verified configuration lists the TSAs to trust")
             return
         tsa_certs = [t.certificate for t in choice.conf.approved_tsas]
+        key = (
+            hashlib.sha256(message.timestamp_token).digest()
+            + root
+            + b"".join(_fingerprint(c) for c in tsa_certs)
+        )
         try:
-            info = verify_token(message.timestamp_token, digest=root, tsa_certs=tsa_certs)
+            # One token covers a whole timestamp batch: check each (token, root, TSAs) once.
+            info = self._tokens.get(key) or verify_token(
+                message.timestamp_token, digest=root, tsa_certs=tsa_certs
+            )
+            self._tokens[key] = info
             if info.message_imprint.hash != "sha256":
                 raise TimestampError("a batch token must timestamp the root with SHA-256")
         except TimestampError as exc:
