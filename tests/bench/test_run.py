@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.processes import Children, python_argv
-from bench.report import SCENARIO_KEYS, TOP_KEYS, format_table
+from bench.report import SCENARIO_KEYS, TOP_KEYS, format_table, loadgen_warnings
 from bench.run import BenchOptions, parse_options, run_bench
 from bench.scenarios import SCENARIOS
 from config.errors import JisrError
@@ -95,3 +95,13 @@ def test_defaults_follow_the_issue() -> None:
     options = parse_options([])
     assert (options.duration_s, options.concurrency) == (20.0, 64)
     assert options.scenarios == SCENARIOS
+
+
+def test_warns_about_a_busy_load_generator_except_when_measuring_its_limit() -> None:
+    busy = {"loadgen_cpu_share": 0.97, "errors": 0}
+    assert "bottleneck" in loadgen_warnings("rest_small nodes", busy)[0]
+    assert loadgen_warnings("rest_small service alone", busy, limit_expected=True) == []
+    failing = {"loadgen_cpu_share": 0.1, "errors": 3, "error_samples": ["HTTP 500: b''"]}
+    assert loadgen_warnings("soap_small nodes", failing) == [
+        "soap_small nodes: 3 errors, e.g. HTTP 500: b''"
+    ]
