@@ -24,8 +24,7 @@ import json
 import os
 import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -312,65 +311,8 @@ async def _wait_for_file(path: Path, process: asyncio.subprocess.Process) -> dic
         await asyncio.sleep(0.1)
 
 
-async def run_command(
-    name: str,
-    argv: Sequence[str],
-    *,
-    log_dir: Path,
-    env: Mapping[str, str] | None = None,
-    timeout_s: float = 120.0,
-) -> str:
-    """Run a command to completion (a setup step) and return its standard output.
-
-    Its standard error is appended to ``<log dir>/<name>.log``; a non-zero exit status or a
-    timeout is a :class:`BenchError` quoting the end of that log.
-    """
-    log_path = _log_path(log_dir, name)
-    with log_path.open("ab") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log_file,
-            env=child_environment(env),
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout_s)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
-        raise
-    text = output.decode("utf-8", errors="replace")
-    if process.returncode != 0:
-        tail = _tail(log_path)
-        raise BenchError(
-            f"{name} ({' '.join(argv[:4])} ...) exited with status {process.returncode}:\n"
-            f"{text[-2000:]}{tail}"
-        )
-    return text
-
-
-def _log_path(log_dir: Path, name: str) -> Path:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    return log_dir / f"{name}.log"
-
-
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text("utf-8", errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-async def poll_until(
-    check: Callable[[], Awaitable[bool]], *, timeout_s: float, interval_s: float = 0.2, what: str
-) -> None:
-    """Wait until ``check`` is true, at most ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        await asyncio.sleep(interval_s)
