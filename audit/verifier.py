@@ -68,6 +68,7 @@ from certs.tsa import TimestampError, TimestampInfo, verify_token
 from config.errors import JisrError
 from gateway import hash_tree
 from gateway.anchor import Anchor
+from gateway.asic import MAX_CONTAINER_BYTES
 from gateway.faults import FaultError
 from gateway.globalconf import CLOCK_SKEW, GlobalConf
 from gateway.log_record import (
@@ -328,6 +329,13 @@ class _Audit:
     # --- containers ----------------------------------------------------------------------
 
     def container_file(self, path: Path, label: str) -> None:
+        if path.stat().st_size > MAX_CONTAINER_BYTES:
+            self.report.item(label, "exchange container").failed(
+                "container",
+                f"{label} is {path.stat().st_size} bytes, over the limit of "
+                f"{MAX_CONTAINER_BYTES} bytes for one container",
+            )
+            return
         data = path.read_bytes()
         try:
             evidence = read_exchange_container(data, label=label)

@@ -13,6 +13,8 @@ from audit.archive_format import LINKING_NAME, LinkingFile
 from audit.errors import AuditError
 from audit.report import Report
 from audit.verifier import verify_path
+from certs.ocsp import OcspResponder, build_request
+from certs.status import CertStatus
 from tests.audit.archives import flip_byte, rewrite_container, rewrite_zip, write_test_archive
 from tests.audit.evidence import HJC, NDC, Federation, NodeLog
 from tests.pki_factory import NOW
@@ -506,3 +508,44 @@ def test_file_that_is_not_an_archive_is_a_failed_item(tmp_path: Path) -> None:
         report.failures()[0][1].detail
         == "notes.zip is neither a ZIP archive nor an ASiC-E container"
     )
+
+
+def test_ocsp_response_older_than_the_freshness_limit_is_caught(
+    tmp_path: Path, federation: Federation
+) -> None:
+    log = NodeLog(federation)
+    signed_at = START + dt.timedelta(minutes=50)
+    batch = log.exchanges(1, signed_at, ocsp_at=signed_at - dt.timedelta(hours=2))
+    log.log_exchanges(batch, signed_at + dt.timedelta(seconds=1))
+    log.timestamp_pending(signed_at + dt.timedelta(minutes=1))
+    path, _ = write_test_archive(tmp_path, federation, log.records, period_start=START)
+    (problem,) = _checks(verify_path(path), f"{FIRST}:request", "OCSP")
+    assert problem.startswith("request/ocsp.der at the signing time 2026-11-01T12:50:00Z:")
+    assert "is stale" in problem
+
+
+def test_ocsp_response_from_a_responder_the_configuration_does_not_list_is_caught(
+    tmp_path: Path, federation: Federation
+) -> None:
+    """The CA delegated to a second responder, but the configuration lists only the first."""
+    other = federation.pki.ocsp_responder()
+    rogue = OcspResponder(
+        federation.pki.root.cert, (other.cert, other.key), lambda serial: CertStatus("good")
+    )
+    log = NodeLog(federation)
+    signed_at = START + dt.timedelta(minutes=10)
+    (exchange,) = log.exchanges(1, signed_at)
+    cert = federation.members[HJC].cert
+    stapled = rogue.respond(
+        build_request(cert, federation.pki.root.cert, nonce=False),
+        now=signed_at - dt.timedelta(minutes=1),
+    )
+    request = dataclasses.replace(exchange.request, ocsp=stapled)
+    log.append([request, exchange.response], signed_at + dt.timedelta(seconds=1))
+    log.timestamp_pending(signed_at + dt.timedelta(minutes=1))
+    path, _ = write_test_archive(tmp_path, federation, log.records, period_start=START)
+    assert _checks(verify_path(path), f"{FIRST}:request", "OCSP") == [
+        "request/ocsp.der: the OCSP response is signed by a responder the configuration does "
+        "not list for this CA; only the CA or its approved responders may vouch for its "
+        "certificates"
+    ]
