@@ -14,7 +14,9 @@ Rules:
   (``Server.ClientProxy.UnknownMember``), the one named by ``X-Road-Security-Server`` /
   ``xrd:securityServer`` when given (``Client.InvalidSecurityServer``).
 - The request is signed with the client member's key (batched per member, transport v1 §6),
-  its OCSP response stapled, and posted over pinned mutual TLS to the provider's node.
+  its OCSP response stapled, and posted over pinned mutual TLS to the provider's node; only
+  those of the node's listed authentication certificates whose OCSP status is good and fresh
+  are pinned (``Server.ClientProxy.CertValidation`` when none is).
 - The response is trusted only after: signature, signer certificate path to an approved CA at
   the current time, stapled OCSP good and fresh, signer is the provider's member, bound to our
   request's hash, created within the clock skew. SOAP responses must also echo the request's
@@ -292,6 +294,7 @@ class ClientProxy:
         server, answer = await self._transport.exchange(
             servers,
             data,
+            conf=conf,
             timeout_s=settings.service_timeout_s + _EXCHANGE_MARGIN_S,
             max_body_bytes=settings.max_body_bytes,
         )

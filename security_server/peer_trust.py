@@ -11,6 +11,15 @@ Rules:
   member the message comes from (``IncorrectCertificate``).
 - The TLS peer of the server side must present an authentication certificate the configuration
   lists for a node, and that node must host the request's client (``SslAuthenticationFailed``).
+- The other node's authentication certificate (the consumer's TLS client certificate on the
+  provider's node, the provider's TLS server certificate on the consumer's node) must have a
+  good OCSP status no older than ``ocsp_freshness_s``, asked of the responder the global
+  configuration lists for the CA that issued it (:class:`PeerAuthStatus`). TLS carries no OCSP
+  evidence, so each node asks the responder itself: at most one fetch per certificate and
+  freshness period (refreshed in the background once two thirds of it are used up), one fetch
+  shared by concurrent first requests, and after a failed fetch none before a backoff has
+  passed. Revoked, unknown, or not establishable while no fresh verdict is cached: the
+  exchange is refused with ``CertValidation``.
 - Every refusal is a :class:`~gateway.faults.FaultError` under the prefix the caller gives:
   ``Server.ServerProxy`` when checking a request, ``Server.ClientProxy`` when checking a response.
 - Nothing is rebuilt per message that can be kept: the path validator is built once per
@@ -20,26 +29,36 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 
+import aiohttp
+import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from certs.errors import CertValidityError, PathValidationError, WrongProfileError
-from certs.ocsp import DEFAULT_ALLOWED_SKEW, OcspError, OcspVerdict, verify_response
+from certs.ocsp import DEFAULT_ALLOWED_SKEW, OcspCache, OcspError, OcspVerdict, verify_response
 from certs.profiles import member_id_of
 from certs.validation import PathValidator
 from config.errors import PkiError
 from gateway.faults import FaultError
 from gateway.globalconf import GlobalConf, SecurityServer
-from gateway.identifiers import ClientId, MemberId
+from gateway.identifiers import ClientId, MemberId, SecurityServerId
 from gateway.transport import VerifiedMessage
+from security_server.own_ocsp import own_certificate
+from trust_services.ocsp_client import OwnCertificate, fetch_verdict
+
+log = structlog.get_logger("jisr.peer_trust")
 
 #: OCSP verdicts kept; one per signing certificate in use across the federation is enough.
 _MAX_VERDICTS = 4096
+#: Peer authentication certificates whose OCSP state is kept; one per node is enough.
+_MAX_PEER_CERTS = 4096
 
 
 def _fault(prefix: str, name: str, message: str) -> FaultError:
@@ -234,3 +253,273 @@ def _check_still_fresh(verdict: OcspVerdict, *, now: dt.datetime, max_age: dt.ti
         )
     if verdict.next_update is not None and verdict.next_update < now - DEFAULT_ALLOWED_SKEW:
         raise OcspError(f"the OCSP response expired at {verdict.next_update.isoformat()}")
+
+
+# ---- OCSP status of the other node's authentication certificate ---------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class _Attempts:
+    failures: int = 0
+    retry_at: dt.datetime | None = None
+    last_error: str = ""
+
+
+def _cert_key(cert: x509.Certificate) -> bytes:
+    return cert.fingerprint(hashes.SHA256())
+
+
+class PeerAuthStatus:
+    """OCSP verdicts about other nodes' authentication certificates, asked of their CA.
+
+    One per node process, shared by its client and its server side (the transport client owns
+    it), so a certificate is asked about once whichever side meets it. Verdicts live in a
+    :class:`certs.ocsp.OcspCache` whose freshness is the configuration's ``ocsp_freshness_s``.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], dt.datetime],
+        session: aiohttp.ClientSession | None = None,
+        min_backoff: dt.timedelta = dt.timedelta(seconds=5),
+        max_backoff: dt.timedelta = dt.timedelta(minutes=2),
+        request_timeout: dt.timedelta = dt.timedelta(seconds=10),
+    ) -> None:
+        if min_backoff <= dt.timedelta(0):
+            raise ValueError(
+                "the backoff must be positive, or a dead responder would be asked per message"
+            )
+        self._clock = clock
+        self._session = session
+        self._owns_session = session is None
+        self._min_backoff = min_backoff
+        self._max_backoff = max(max_backoff, min_backoff)
+        self._timeout = request_timeout
+        self._cache = OcspCache()
+        self._freshness: int | None = None
+        self._known: collections.OrderedDict[bytes, x509.Certificate] = collections.OrderedDict()
+        self._attempts: dict[bytes, _Attempts] = {}
+        self._fetching: dict[bytes, asyncio.Task[OcspVerdict]] = {}
+        #: How many times a responder was asked; operators see it in logs, tests count it.
+        self.fetches = 0
+
+    # ---- checks
+
+    async def require_good(
+        self,
+        cert: x509.Certificate,
+        conf: GlobalConf,
+        *,
+        node: SecurityServerId,
+        prefix: str,
+    ) -> OcspVerdict:
+        """The good, fresh verdict about node ``node``'s authentication certificate ``cert``.
+
+        Raises ``{prefix}.CertValidation`` when the certificate is revoked or unknown to its
+        CA's responder, or when no fresh verdict is cached and none can be fetched now;
+        ``{prefix}.SslAuthenticationFailed`` when no approved CA issued it.
+        """
+        verdict = await self._verdict(cert, conf, node=node, prefix=prefix)
+        if verdict.status.state == "good":
+            return verdict
+        when = verdict.status.revoked_at
+        since = f" since {when.isoformat()}" if when is not None else ""
+        raise _fault(
+            prefix,
+            "CertValidation",
+            f"the authentication certificate of node {node} ({cert.subject.rfc4514_string()}) "
+            f"is {verdict.status.state}{since} according to its CA's OCSP responder; that node "
+            "is not trusted until a new authentication certificate is registered for it",
+        )
+
+    async def good_certificates(
+        self, server: SecurityServer, conf: GlobalConf, *, prefix: str
+    ) -> tuple[tuple[x509.Certificate, ...], tuple[FaultError, ...]]:
+        """Which of ``server``'s listed authentication certificates may be trusted now.
+
+        Returns the certificates with a good, fresh verdict, and the refusal of each other
+        one (a node being re-keyed lists two; only the good one may be pinned).
+        """
+        results = await asyncio.gather(
+            *(
+                self.require_good(cert, conf, node=server.id, prefix=prefix)
+                for cert in server.auth_certs
+            ),
+            return_exceptions=True,
+        )
+        good: list[x509.Certificate] = []
+        refused: list[FaultError] = []
+        for cert, result in zip(server.auth_certs, results, strict=True):
+            if isinstance(result, FaultError):
+                refused.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                good.append(cert)
+        return tuple(good), tuple(refused)
+
+    # ---- the cache and fetching
+
+    def _cache_for(self, conf: GlobalConf) -> OcspCache:
+        freshness = conf.settings.ocsp_freshness_s
+        if freshness != self._freshness:
+            # A new freshness limit changes which verdicts count as fresh: start over.
+            self._cache = OcspCache(dt.timedelta(seconds=freshness))
+            self._freshness = freshness
+        return self._cache
+
+    def _source(
+        self, cert: x509.Certificate, conf: GlobalConf, *, node: SecurityServerId, prefix: str
+    ) -> OwnCertificate:
+        if conf.approved_ca_for(cert) is None:
+            raise _fault(
+                prefix,
+                "SslAuthenticationFailed",
+                f"the authentication certificate of node {node} "
+                f"({cert.subject.rfc4514_string()}) was not issued by a CA the global "
+                "configuration approves",
+            )
+        try:
+            return own_certificate(conf, cert)
+        except OcspError as exc:
+            raise _fault(prefix, "CertValidation", exc.message) from exc
+
+    async def _verdict(
+        self, cert: x509.Certificate, conf: GlobalConf, *, node: SecurityServerId, prefix: str
+    ) -> OcspVerdict:
+        now = self._clock()
+        cache = self._cache_for(conf)
+        key = _cert_key(cert)
+        verdict = cache.get(cert, now)
+        if verdict is not None:
+            if cache.needs_refresh(cert, now) and self._may_fetch(key, now):
+                try:
+                    self._start_fetch(key, self._source(cert, conf, node=node, prefix=prefix))
+                except FaultError as exc:
+                    log.warning("peer OCSP refresh impossible", node=str(node), error=exc.message)
+            return verdict
+        task = self._fetching.get(key)
+        if task is None:
+            attempts = self._attempts.get(key)
+            if attempts is not None and attempts.retry_at is not None and now < attempts.retry_at:
+                raise self._unavailable(cert, node, attempts, prefix)
+            task = self._start_fetch(key, self._source(cert, conf, node=node, prefix=prefix))
+        try:
+            # Shielded: a caller that gives up must not cancel the fetch others wait for.
+            return await asyncio.shield(task)
+        except OcspError as exc:
+            attempts = self._attempts.get(key) or _Attempts(last_error=exc.message)
+            raise self._unavailable(cert, node, attempts, prefix) from exc
+
+    def _may_fetch(self, key: bytes, now: dt.datetime) -> bool:
+        if key in self._fetching:
+            return False
+        attempts = self._attempts.get(key)
+        return attempts is None or attempts.retry_at is None or now >= attempts.retry_at
+
+    def _start_fetch(self, key: bytes, source: OwnCertificate) -> asyncio.Task[OcspVerdict]:
+        task = asyncio.get_running_loop().create_task(
+            self._fetch(key, source), name="peer-auth-ocsp"
+        )
+        self._fetching[key] = task
+        task.add_done_callback(_retrieve)
+        return task
+
+    async def _fetch(self, key: bytes, source: OwnCertificate) -> OcspVerdict:
+        assert self._freshness is not None
+        max_age = dt.timedelta(seconds=self._freshness)
+        self.fetches += 1
+        try:
+            verdict = await fetch_verdict(
+                self._http(),
+                source.url,
+                source.cert,
+                source.issuer,
+                trusted_responders=source.trusted_responders,
+                max_age=max_age,
+                clock=self._clock,
+                request_timeout=self._timeout,
+            )
+        except Exception as exc:
+            message = exc.message if isinstance(exc, OcspError) else "internal error"
+            if not isinstance(exc, OcspError):
+                log.exception("peer OCSP fetch failed", url=source.url)
+            self._failed(key, message, source)
+            raise OcspError(message) from exc
+        finally:
+            self._fetching.pop(key, None)
+        self._attempts.pop(key, None)
+        self._cache.put(source.cert, verdict)
+        self._known[key] = source.cert
+        self._known.move_to_end(key)
+        while len(self._known) > _MAX_PEER_CERTS:
+            _, old = self._known.popitem(last=False)
+            self._cache.forget(old)
+        if verdict.status.state != "good":
+            log.warning(
+                "peer authentication certificate not good",
+                subject=source.cert.subject.rfc4514_string(),
+                serial=f"{source.cert.serial_number:x}",
+                state=verdict.status.state,
+            )
+        return verdict
+
+    def _failed(self, key: bytes, message: str, source: OwnCertificate) -> None:
+        if len(self._attempts) >= _MAX_PEER_CERTS:
+            self._attempts.clear()
+        attempts = self._attempts.setdefault(key, _Attempts())
+        attempts.failures += 1
+        backoff = min(self._max_backoff, self._min_backoff * 2 ** min(attempts.failures - 1, 16))
+        attempts.retry_at = self._clock() + backoff
+        attempts.last_error = message
+        log.warning(
+            "peer OCSP fetch failed",
+            subject=source.cert.subject.rfc4514_string(),
+            url=source.url,
+            failures=attempts.failures,
+            retry_in_s=backoff.total_seconds(),
+            error=message,
+        )
+
+    def _unavailable(
+        self, cert: x509.Certificate, node: SecurityServerId, attempts: _Attempts, prefix: str
+    ) -> FaultError:
+        retry = (
+            f"; it is asked again from {attempts.retry_at.isoformat()}"
+            if attempts.retry_at is not None
+            else ""
+        )
+        return _fault(
+            prefix,
+            "CertValidation",
+            f"the OCSP status of node {node}'s authentication certificate "
+            f"({cert.subject.rfc4514_string()}) cannot be established and no fresh answer is "
+            f"held: {attempts.last_error or 'the responder did not answer'}{retry}; check that "
+            "the CA's OCSP responder listed in the global configuration is reachable",
+        )
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+            self._owns_session = True
+        return self._session
+
+    async def close(self) -> None:
+        """Stop fetches under way and close the HTTP session this object opened."""
+        tasks = list(self._fetching.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._fetching.clear()
+        if self._owns_session and self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
+def _retrieve(task: asyncio.Task[OcspVerdict]) -> None:
+    # A background refresh that nobody awaits must not be reported as an unretrieved error;
+    # its failure was already logged and recorded for the backoff.
+    if not task.cancelled():
+        task.exception()

@@ -3,7 +3,9 @@
 Rules (transport v1 §9 gives the order; each step stops the request with its fault):
 
 1. The TLS peer presents an authentication certificate the global configuration lists for a
-   node (``SslAuthenticationFailed``); the configuration is current (``OutdatedGlobalConf``).
+   node (``SslAuthenticationFailed``); the configuration is current (``OutdatedGlobalConf``);
+   that certificate's OCSP status, asked of its CA's responder and cached per certificate, is
+   good and fresh (``CertValidation``, :class:`security_server.peer_trust.PeerAuthStatus`).
 2. ``POST /jisr/v1/exchange`` only; the body is read with a size limit (``RequestTooLarge``),
    decoded and its signature verified (``gateway.transport``), with a cache of verified batch
    signatures shared by all requests.
@@ -13,7 +15,9 @@ Rules (transport v1 §9 gives the order; each step stops the request with its fa
    the provider member (status and ``X-Road-Error`` inside the signed part, a JSON or SOAP
    fault as body), so the consumer can prove what the provider's node answered. Before that,
    and when signing itself fails, faults are plain JSON with ``X-Road-Error`` (transport §3).
-5. The sending node hosts the client; the message id was not seen before; ``target_server``,
+5. The sending node hosts the client; the message id was not seen before (in this process,
+   then, when the node has a database, by any process of the node:
+   :mod:`security_server.replay_store`); ``target_server``,
    when set, names this node; the service exists, is enabled, and the client has the access
    right (SOAP: also the SOAP header equals the signed part).
 6. The service is called at its address, with its timeout and TLS setting, redirects not
@@ -29,8 +33,10 @@ service.
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncIterator
 from typing import Final
 
+import asyncpg
 import structlog
 from aiohttp import web
 from cryptography import x509
@@ -65,7 +71,8 @@ from gateway.transport import (
     verify_message,
 )
 from security_server import metaservices
-from security_server.peer_trust import PeerTrust
+from security_server.peer_trust import PeerAuthStatus, PeerTrust
+from security_server.replay_store import PostgresReplayStore
 from security_server.runtime import LocalService, MessageLog, NodeRuntime
 from security_server.transport_client import MessageSealer, TransportClient
 
@@ -138,6 +145,8 @@ class ServerProxy:
         sealer: MessageSealer | None = None,
         peer_trust: PeerTrust | None = None,
         replay_guard: ReplayGuard | None = None,
+        replay_store: PostgresReplayStore | None = None,
+        peer_status: PeerAuthStatus | None = None,
         verified_cache: VerifiedSignatureCache | None = None,
         message_log: MessageLog | None = None,
     ) -> None:
@@ -147,6 +156,8 @@ class ServerProxy:
         self._sealer = sealer or MessageSealer(runtime.signers, runtime.clock)
         self._trust = peer_trust or PeerTrust()
         self._replay = replay_guard or ReplayGuard()
+        self._replay_store = replay_store
+        self._peer_status = peer_status or transport.peer_status
         self._verified = verified_cache or VerifiedSignatureCache()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -182,9 +193,10 @@ class ServerProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         now = self._rt.clock()
         conf = self._conf()
-        peer = self._trust.check_peer_node(
-            peer_certificate(request), conf, now=now, prefix=SERVER_PROXY
-        )
+        peer_cert = peer_certificate(request)
+        peer = self._trust.check_peer_node(peer_cert, conf, now=now, prefix=SERVER_PROXY)
+        assert peer_cert is not None  # check_peer_node refuses a peer without one
+        await self._peer_status.require_good(peer_cert, conf, node=peer.id, prefix=SERVER_PROXY)
         if request.path != EXCHANGE_PATH:
             fault = server_proxy_fault(
                 "InvalidRequest", f"{request.path} is not served here; use POST {EXCHANGE_PATH}"
@@ -321,6 +333,8 @@ class ServerProxy:
         now = self._rt.clock()
         self._trust.check_node_hosts(peer, part.client, prefix=SERVER_PROXY)
         self._replay.check_and_remember(part.client, part.message_id, part.created_at, now)
+        if self._replay_store is not None:
+            await self._replay_store.check_and_remember(part.client, part.message_id, now)
         if part.target_server is not None and part.target_server != self._rt.server_id:
             raise server_proxy_fault(
                 "InvalidSecurityServer",
@@ -459,21 +473,37 @@ SERVER_PROXY_KEY: Final = web.AppKey("jisr_server_proxy", ServerProxy)
 
 
 def server_proxy_app(
-    runtime: NodeRuntime, *, transport: TransportClient, message_log: MessageLog | None = None
+    runtime: NodeRuntime,
+    *,
+    transport: TransportClient,
+    message_log: MessageLog | None = None,
+    database: asyncpg.Pool | None = None,
 ) -> web.Application:
     """The aiohttp application for the node-to-node listener (port 5500, mutual TLS).
 
     The listener's SSL context must require client certificates chaining to the approved CAs
     (``security_server.tls.server_context(..., require_client_cert=True)``); which node the
-    peer is, and whether it may speak for the request's client, is checked here per request.
-    With ``message_log`` every trusted request and every signed response is logged before the
-    exchange continues (fail closed).
+    peer is, whether its authentication certificate's OCSP status is good (through
+    ``transport.peer_status``), and whether it may speak for the request's client, is checked
+    here per request. With ``message_log`` every trusted request and every signed response is
+    logged before the exchange continues (fail closed). With ``database`` (the node database,
+    its migrations applied) message ids are also checked against the replay store every
+    process of the node shares, whose expired rows the application purges while it runs.
     """
-    proxy = ServerProxy(runtime, transport, message_log=message_log)
+    store = PostgresReplayStore(database) if database is not None else None
+    proxy = ServerProxy(runtime, transport, message_log=message_log, replay_store=store)
     app = web.Application(
         client_max_size=max_message_bytes(runtime.settings.max_body_bytes),
         handler_args={"auto_decompress": False},
     )
+    if store is not None:
+        replay_store = store
+
+        async def purge_while_running(_app: web.Application) -> AsyncIterator[None]:
+            async with replay_store.purging(runtime.clock):
+                yield
+
+        app.cleanup_ctx.append(purge_while_running)
     app[SERVER_PROXY_KEY] = proxy
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app

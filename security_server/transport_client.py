@@ -3,9 +3,13 @@
 Rules:
 
 - One pooled keep-alive ``aiohttp.ClientSession`` reaches other nodes. Each request pins the
-  provider node: the TLS context trusts exactly the authentication certificates the global
-  configuration lists for that node (``security_server.tls.pinned_client_context``). Contexts
-  are cached per pinned set, so connections to a node are reused.
+  provider node: the TLS context trusts exactly those authentication certificates the global
+  configuration lists for that node that have a good, fresh OCSP status
+  (``security_server.tls.pinned_client_context``,
+  :class:`security_server.peer_trust.PeerAuthStatus`, which this client owns for its node
+  process). A node none of whose certificates is good is not connected to
+  (``Server.ClientProxy.CertValidation`` when no node is left). Contexts are cached per pinned
+  set, so connections to a node are reused.
 - A second session calls this node's own information systems (the provider side), with the
   service's timeout and TLS-verification setting. Neither session follows redirects or
   decompresses bodies: bytes travel exactly as the other side sent them.
@@ -39,7 +43,7 @@ from yarl import URL
 from certs.signer import Signer
 from config.errors import JisrError
 from gateway.faults import CLIENT_PROXY, SERVER_PROXY, FaultError, from_error
-from gateway.globalconf import SecurityServer
+from gateway.globalconf import GlobalConf, SecurityServer
 from gateway.identifiers import MemberId
 from gateway.transport import (
     CONTENT_TYPE,
@@ -49,6 +53,7 @@ from gateway.transport import (
     SignedPart,
     max_message_bytes,
 )
+from security_server.peer_trust import PeerAuthStatus
 from security_server.runtime import Clock, MemberSigners, NodeRuntime
 from security_server.tls import pinned_client_context
 
@@ -106,8 +111,11 @@ class TransportClient:
         *,
         max_connections: int = 200,
         max_connections_per_node: int = 50,
+        peer_status: PeerAuthStatus | None = None,
     ) -> None:
         self._runtime = runtime
+        #: OCSP verdicts about other nodes' authentication certificates, for both node sides.
+        self.peer_status = peer_status or PeerAuthStatus(clock=runtime.clock)
         self._max_connections = max_connections
         self._max_per_host = max_connections_per_node
         self._nodes: aiohttp.ClientSession | None = None
@@ -146,6 +154,7 @@ class TransportClient:
         return self._services
 
     async def close(self) -> None:
+        await self.peer_status.close()
         for session in (self._nodes, self._services):
             if session is not None and not session.closed:
                 await session.close()
@@ -153,13 +162,13 @@ class TransportClient:
 
     # ---- TLS contexts
 
-    def _pinned_context(self, server: SecurityServer) -> ssl.SSLContext:
-        key = frozenset(c.public_bytes(serialization.Encoding.DER) for c in server.auth_certs)
+    def _pinned_context(self, pinned: Sequence[x509.Certificate]) -> ssl.SSLContext:
+        key = frozenset(c.public_bytes(serialization.Encoding.DER) for c in pinned)
         ctx = self._pinned.get(key)
         if ctx is None:
             tls = self._runtime.tls
             ctx = pinned_client_context(
-                tls.cert_file, tls.key_file, server.auth_certs, password=tls.key_passphrase
+                tls.cert_file, tls.key_file, pinned, password=tls.key_passphrase
             )
             if len(self._pinned) > 1024:
                 self._pinned.clear()
@@ -197,25 +206,41 @@ class TransportClient:
         servers: Sequence[SecurityServer],
         data: bytes,
         *,
+        conf: GlobalConf,
         timeout_s: float,
         max_body_bytes: int,
     ) -> tuple[SecurityServer, HttpAnswer]:
-        """POST a sealed request to the first node that accepts a connection; its answer."""
+        """POST a sealed request to the first node that accepts a connection; its answer.
+
+        Only authentication certificates of the node with a good, fresh OCSP status under
+        ``conf`` are accepted from it; a node with none is skipped before anything is sent.
+        """
         settings = self._runtime.settings
         errors: list[str] = []
         tls_failures = 0
+        status_refusals = 0
         for server in self.order_nodes(servers):
             url = f"https://{server.address}{EXCHANGE_PATH}"
             if not server.auth_certs:
                 errors.append(f"{server.id} has no registered authentication certificate")
                 tls_failures += 1
                 continue
+            good, refused = await self.peer_status.good_certificates(
+                server, conf, prefix=CLIENT_PROXY
+            )
+            if not good:
+                if all(f.fault_code.endswith(".CertValidation") for f in refused):
+                    status_refusals += 1
+                else:
+                    tls_failures += 1
+                errors.append(f"{server.id}: " + "; ".join(f.message for f in refused))
+                continue
             started = time.monotonic()
             timeout = aiohttp.ClientTimeout(
                 total=timeout_s, sock_connect=settings.connect_timeout_s
             )
             try:
-                ctx = self._pinned_context(server)
+                ctx = self._pinned_context(good)
                 async with self._node_session().post(
                     url,
                     # A file-like body: aiohttp warns about (and blocks on) large raw bytes.
@@ -231,7 +256,8 @@ class TransportClient:
             except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
                 self._failed(server)
                 tls_failures += 1
-                errors.append(f"{server.id}: TLS authentication failed ({exc})")
+                not_pinned = "".join(f"; not accepted: {f.message}" for f in refused)
+                errors.append(f"{server.id}: TLS authentication failed ({exc}){not_pinned}")
                 continue
             except aiohttp.ClientConnectorError as exc:
                 self._failed(server)
@@ -256,12 +282,16 @@ class TransportClient:
             self._answer_time[str(server.id)] = time.monotonic() - started
             self._failed_until.pop(str(server.id), None)
             return server, answer
-        name = "SslAuthenticationFailed" if tls_failures == len(errors) else "NetworkError"
-        raise _fault(
-            CLIENT_PROXY,
-            name,
-            "no node serving the provider could be reached: " + "; ".join(errors),
-        )
+        if errors and status_refusals == len(errors):
+            name, summary = "CertValidation", "no node serving the provider can be trusted now"
+        elif tls_failures + status_refusals == len(errors):
+            name, summary = (
+                "SslAuthenticationFailed",
+                "no node serving the provider could be reached",
+            )
+        else:
+            name, summary = "NetworkError", "no node serving the provider could be reached"
+        raise _fault(CLIENT_PROXY, name, f"{summary}: " + "; ".join(errors))
 
     def _failed(self, server: SecurityServer) -> None:
         self._failed_until[str(server.id)] = time.monotonic() + _FAILED_NODE_PENALTY_S

@@ -3,7 +3,8 @@
 The nodes are real: their client proxy, server proxy and a tiny provider information system
 listen on 127.0.0.1 with OS-chosen ports, nodes talk mutual TLS with certificates from
 ``FixturePki``, the global configuration is a real ``GlobalConf`` and OCSP responses are made by
-a real ``certs.ocsp.OcspResponder``. Only the node assembly's sources of configuration, keys
+a real ``certs.ocsp.OcspResponder``, also served over HTTP for the nodes' checks of each other's
+authentication certificates. Only the node assembly's sources of configuration, keys
 and catalogue are replaced by the small classes below.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -60,6 +62,7 @@ from security_server.tls import pinned_client_context, server_context
 from security_server.transport_client import TransportClient
 from tests.pki_factory import FixturePki, Issued
 from trust_services.http_server import serve_app
+from trust_services.ocsp_server import ocsp_app
 
 #: The tests' "now": real time (TLS handshakes check certificates against the real clock),
 #: pinned for everything Jisr validates itself.
@@ -333,6 +336,12 @@ class Network:
     provider_node_url: str = ""
     provider_is_url: str = ""
     seen: list[SeenRequest] = dataclasses.field(default_factory=list)
+    #: The responder's URL as the global configuration lists it.
+    ocsp_url: str = ""
+    #: OCSP requests the responder got over HTTP (the nodes asking about each other).
+    ocsp_requests: int = 0
+    #: While set, the responder answers 503, as one behind a failed proxy does.
+    ocsp_down: bool = False
 
     def ocsp_response(self, cert: x509.Certificate) -> bytes:
         """A fresh OCSP response from the test CA's responder (a nonce defeats its cache)."""
@@ -369,6 +378,21 @@ class Network:
         )
 
 
+def _served_responder(net: Network) -> web.Application:
+    """The test CA's responder over HTTP, counting requests and able to fail on demand."""
+
+    @web.middleware
+    async def outage(request: web.Request, handler: Handler) -> web.StreamResponse:
+        net.ocsp_requests += 1
+        if net.ocsp_down:
+            return web.Response(status=503, text="responder down\n")
+        return await handler(request)
+
+    app = ocsp_app(net.responder, clock=net.clock)
+    app.middlewares.append(outage)
+    return app
+
+
 def _service(code: str, kind: str, address: str, **kw: object) -> LocalService:
     return LocalService(ServiceId.for_client(PROVIDER, code), kind, address, **kw)  # type: ignore[arg-type]
 
@@ -380,6 +404,7 @@ def _conf(
     provider_auth: Issued,
     provider_port: int,
     spare: Issued | None = None,
+    ocsp_url: str = "http://127.0.0.1:1/ocsp",
 ) -> GlobalConf:
     spare_nodes = []
     if spare is not None:
@@ -418,7 +443,7 @@ def _conf(
                 "Jisr Test CA",
                 pki.root.cert,
                 (),
-                (ConfOcspResponder("http://127.0.0.1:1/ocsp", responder_cert.cert),),
+                (ConfOcspResponder(ocsp_url, responder_cert.cert),),
             )
         ],
         [],
@@ -578,13 +603,21 @@ async def two_nodes(
                 ) as node_url,
                 serve_app(client_app) as url,
                 serve_app(client_app, ssl_context=client_side_ctx) as https_url,
+                serve_app(_served_responder(net)) as ocsp_url,
             ):
+                net.ocsp_url = f"{ocsp_url}/"
                 net.client_url = url
                 net.client_https_url = https_url
                 net.provider_node_url = node_url
                 spare = pki.authentication(str(SPARE_PROVIDER_NODE)) if spare_node else None
                 conf = _conf(
-                    pki, responder_cert, consumer_auth, provider_auth, _port(node_url), spare
+                    pki,
+                    responder_cert,
+                    consumer_auth,
+                    provider_auth,
+                    _port(node_url),
+                    spare,
+                    net.ocsp_url,
                 )
                 consumer_conf.conf = provider_conf.conf = conf
                 yield net

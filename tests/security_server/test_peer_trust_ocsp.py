@@ -1,0 +1,287 @@
+"""Each node checks the OCSP status of the other node's authentication certificate.
+
+Two real nodes over mutual TLS, and the test CA's OCSP responder served over HTTP on a port the
+OS chose; the global configuration lists that responder for the CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from certs.status import CertStatus
+from gateway.faults import FaultError
+from gateway.identifiers import ServiceId
+from gateway.transport import (
+    CONTENT_TYPE,
+    EXCHANGE_PATH,
+    RequestPart,
+    ResponsePart,
+    body_digest,
+    decode_message,
+    encode_message,
+    sign_one,
+)
+from security_server.peer_trust import PeerAuthStatus
+from tests.pki_factory import FixturePki
+from tests.security_server.fakes import (
+    CITIZEN_PATH,
+    CONSUMER,
+    CONSUMER_NODE,
+    HJC,
+    PROVIDER,
+    PROVIDER_NODE,
+    Network,
+    Reply,
+    assert_still_serving,
+    der,
+    rest,
+    two_nodes,
+)
+
+
+@pytest.fixture
+async def net(tmp_path: Path) -> AsyncIterator[Network]:
+    async with two_nodes(tmp_path) as network:
+        yield network
+
+
+def message(reply: Reply) -> str:
+    text: str = json.loads(reply.body)["message"]
+    return text
+
+
+def refresh_staples(net: Network) -> None:
+    """New stapled OCSP responses for both members' signing certificates, at the clock's time."""
+    for signers in (net.consumer_signers, net.provider_signers):
+        for signer in signers.signers.values():
+            signers.ocsp[der(signer.certificate)] = net.ocsp_response(signer.certificate)
+
+
+async def post_directly(net: Network) -> Reply:
+    """A signed request sent straight to the provider node, as the consumer node would."""
+    part = RequestPart(
+        protocol="REST",
+        message_id=str(uuid.uuid4()),
+        client=CONSUMER,
+        service=ServiceId.for_client(PROVIDER, "getCitizen"),
+        method="GET",
+        path="/citizens/1",
+        query=None,
+        headers=(),
+        body_sha256=body_digest(b""),
+        created_at=net.clock.now,
+    )
+    signer = net.consumer_signers.signers[HJC]
+    sealed = sign_one(part, signer, now=net.clock.now)
+    _, data = encode_message(
+        part, b"", sealed.proof, sealed.signature, net.ocsp_response(signer.certificate)
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            net.provider_node_url + EXCHANGE_PATH,
+            data=io.BytesIO(data),
+            headers={"Content-Type": CONTENT_TYPE},
+            ssl=net.node_client_context(),
+        ) as response,
+    ):
+        return Reply(response.status, dict(response.headers), await response.read())
+
+
+def served(reply: Reply) -> bool:
+    if reply.status != 200 or reply.headers.get("Content-Type") != CONTENT_TYPE:
+        return False
+    part = decode_message(CONTENT_TYPE, reply.body, prefix="Server.ClientProxy").signed_part
+    return isinstance(part, ResponsePart) and part.status == 200
+
+
+# ---- good certificates: asked once, then cached ---------------------------------------------
+
+
+async def test_each_node_asks_the_responder_once_per_peer_certificate(net: Network) -> None:
+    for _ in range(5):
+        reply = await rest(net, CITIZEN_PATH)
+        assert reply.status == 200, reply
+    # the consumer asked about the provider's certificate, the provider about the consumer's
+    assert net.ocsp_requests == 2
+
+
+async def test_refreshes_a_peer_verdict_in_the_background_before_it_goes_stale(
+    net: Network,
+) -> None:
+    assert (await rest(net, CITIZEN_PATH)).status == 200
+    assert net.ocsp_requests == 2
+    # two thirds of the default freshness (3600 s) used up: still fresh, but due for refresh
+    net.clock.now += dt.timedelta(seconds=2500)
+    refresh_staples(net)
+    net.ocsp_down = True
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.status == 200, reply  # answered from the cache while the refresh fails
+    net.ocsp_down = False
+    net.clock.now += dt.timedelta(seconds=10)  # past the failed refresh's backoff
+    before = net.ocsp_requests
+    assert (await rest(net, CITIZEN_PATH)).status == 200
+    for _ in range(200):  # the refresh runs in the background; wait for both nodes' fetches
+        if net.ocsp_requests >= before + 2:
+            break
+        await asyncio.sleep(0.01)
+    assert net.ocsp_requests == before + 2
+    # the refreshed verdicts (thisUpdate = now) stay fresh where the old ones would not have
+    net.clock.now += dt.timedelta(seconds=1500)
+    refresh_staples(net)
+    net.ocsp_down = True
+    assert (await rest(net, CITIZEN_PATH)).status == 200
+
+
+async def test_concurrent_first_requests_share_one_fetch(net: Network) -> None:
+    status = PeerAuthStatus(clock=net.clock)
+    conf = net.consumer_conf.conf
+    assert conf is not None
+    try:
+        verdicts = await asyncio.gather(
+            *(
+                status.require_good(
+                    net.provider_auth.cert, conf, node=PROVIDER_NODE, prefix="Server.ClientProxy"
+                )
+                for _ in range(20)
+            )
+        )
+    finally:
+        await status.close()
+    assert {v.status.state for v in verdicts} == {"good"}
+    assert status.fetches == 1
+    assert net.ocsp_requests == 1
+
+
+async def test_refuses_peer_certificate_from_a_ca_the_configuration_does_not_approve(
+    net: Network,
+) -> None:
+    foreign = FixturePki.create(cn="Unapproved CA").authentication(str(PROVIDER_NODE))
+    conf = net.consumer_conf.conf
+    assert conf is not None
+    status = PeerAuthStatus(clock=net.clock)
+    try:
+        with pytest.raises(FaultError) as refused:
+            await status.require_good(
+                foreign.cert, conf, node=PROVIDER_NODE, prefix="Server.ClientProxy"
+            )
+    finally:
+        await status.close()
+    assert refused.value.fault_code == "Server.ClientProxy.SslAuthenticationFailed"
+    assert "not issued by a CA the global configuration approves" in refused.value.message
+    assert net.ocsp_requests == 0
+
+
+# ---- revoked certificates -------------------------------------------------------------------
+
+
+async def test_provider_refuses_consumer_whose_authentication_certificate_is_revoked(
+    net: Network,
+) -> None:
+    net.statuses[net.consumer_auth.cert.serial_number] = CertStatus(
+        "revoked", revoked_at=net.clock.now - dt.timedelta(hours=1), reason="key_compromise"
+    )
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ServerProxy.CertValidation"
+    assert "authentication certificate of node IQ/GOV/HJC/ss1" in message(reply)
+    assert "revoked" in message(reply)
+    assert not net.seen
+    assert not net.provider_log.entries
+
+
+async def test_consumer_refuses_provider_whose_authentication_certificate_is_revoked(
+    net: Network,
+) -> None:
+    net.statuses[net.provider_auth.cert.serial_number] = CertStatus(
+        "revoked", revoked_at=net.clock.now - dt.timedelta(hours=1)
+    )
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ClientProxy.CertValidation"
+    assert "authentication certificate of node IQ/GOV/NDC/ss1" in message(reply)
+    assert "revoked" in message(reply)
+    # refused before anything was sent: the provider node saw nothing
+    assert not net.provider_log.entries
+    assert not net.seen
+
+
+async def test_revocation_is_seen_once_the_cached_verdict_is_refreshed(net: Network) -> None:
+    assert (await rest(net, CITIZEN_PATH)).status == 200
+    net.statuses[net.provider_auth.cert.serial_number] = CertStatus(
+        "revoked", revoked_at=net.clock.now
+    )
+    net.clock.now += dt.timedelta(hours=2)  # the cached good verdicts are stale now
+    refresh_staples(net)
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ClientProxy.CertValidation"
+    assert "revoked" in message(reply)
+
+
+# ---- responder outage -----------------------------------------------------------------------
+
+
+async def test_consumer_refuses_when_the_responder_is_down_and_nothing_is_cached(
+    net: Network,
+) -> None:
+    net.ocsp_down = True
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ClientProxy.CertValidation"
+    text = message(reply)
+    assert "cannot be established" in text
+    assert "HTTP 503" in text
+    assert "IQ/GOV/NDC/ss1" in text
+    assert not net.provider_log.entries
+    # a dead responder is not asked again per message, only after a backoff
+    asked = net.ocsp_requests
+    again = await rest(net, CITIZEN_PATH)
+    assert again.error == "Server.ClientProxy.CertValidation"
+    assert net.ocsp_requests == asked
+    net.ocsp_down = False
+    net.clock.now += dt.timedelta(seconds=10)
+    refresh_staples(net)
+    await assert_still_serving(net)
+
+
+async def test_provider_refuses_when_the_responder_is_down_and_nothing_is_cached(
+    net: Network,
+) -> None:
+    net.ocsp_down = True
+    reply = await post_directly(net)
+    assert reply.status == 500
+    assert reply.headers["X-Road-Error"] == "Server.ServerProxy.CertValidation"
+    assert reply.headers["Content-Type"].startswith("application/json")
+    assert "cannot be established" in message(reply)
+    assert str(CONSUMER_NODE) in message(reply)
+    assert not net.seen
+
+
+async def test_fresh_cached_verdicts_carry_both_nodes_through_a_responder_outage(
+    net: Network,
+) -> None:
+    assert served(await post_directly(net))
+    assert (await rest(net, CITIZEN_PATH)).status == 200
+    asked = net.ocsp_requests
+    net.ocsp_down = True
+    assert served(await post_directly(net))
+    await assert_still_serving(net)
+    assert net.ocsp_requests == asked
+
+
+async def test_refuses_once_the_cached_verdict_is_stale_and_the_responder_is_down(
+    net: Network,
+) -> None:
+    assert (await rest(net, CITIZEN_PATH)).status == 200
+    net.ocsp_down = True
+    net.clock.now += dt.timedelta(seconds=3601)
+    refresh_staples(net)  # the members' own staples are fresh; only the peer verdicts are stale
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ClientProxy.CertValidation"
+    assert "cannot be established" in message(reply)
