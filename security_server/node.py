@@ -370,7 +370,7 @@ async def running_node(
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         )
         server_runner = web.AppRunner(
-            server_proxy_app(runtime, transport=transport, message_log=message_log),
+            server_proxy_app(runtime, transport=transport, message_log=message_log, database=pool),
             handle_signals=False,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
