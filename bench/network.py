@@ -6,9 +6,10 @@ Rules:
   (auto-approval on, the demo members) run in the benchmark's own process, started with the
   demo's functions (:mod:`jisr.demo.network`). The nodes' databases live in the same embedded
   PostgreSQL, one database per node, so its CPU time can be reported beside the nodes'.
-- Each node is set up with the functions behind ``jisr node init``, ``import-cert``,
-  ``register``, ``add-client``, ``service add`` and ``access grant`` and runs as its own process,
-  ``jisr node serve``, so that its CPU time and memory are its own. Consumer:
+- Each node is set up as the demo sets up its nodes (:func:`jisr.demo.nodes.set_up_node`: the
+  functions behind ``jisr node init``, ``import-cert``, ``register``, ``add-client``,
+  ``service add`` and ``access grant``) and runs as its own process, ``jisr node serve``, so
+  that its CPU time and memory are its own. Consumer:
   ``IQ/GOV/HJC/ss1`` hosting ``IQ/GOV/HJC/inheritance``; provider: ``IQ/GOV/NDC/ss1`` hosting
   ``IQ/GOV/NDC/population`` with the bench service's three services.
 - The network is ready when a request through both nodes is answered; a network that cannot be
@@ -26,16 +27,14 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import aiohttp
 import asyncpg
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from bench.errors import BenchError
 from bench.processes import Child, Children
@@ -48,13 +47,11 @@ from bench.scenarios import (
 )
 from config.errors import JisrError
 from gateway.identifiers import SecurityServerId, SubsystemId
-from jisr.demo.network import TrustServices, embedded_postgres, registry, trust_services
+from jisr.demo.members import DemoNode
+from jisr.demo.network import embedded_postgres, registry, trust_services
+from jisr.demo.nodes import CatalogueSetUp, set_up_node, wait_until_published
 from security_server.catalogue_store import CatalogueStore
-from security_server.conf_client import ConfClient
 from security_server.node_dir import NodeDir
-from security_server.node_keys import AUTH_LABEL, NodeKeys, import_certificate, initialise_node
-from security_server.registration import client_request, register_server
-from storage.database import ensure_database, open_pool
 
 #: Passphrase of the benchmark nodes' keys: throw-away keys of one run, never printed.
 NODE_PASSPHRASE: Final = "jisr-bench-only-passphrase"  # noqa: S105 (a published bench value)
@@ -69,6 +66,8 @@ READY_TIMEOUT_S: Final = 180.0
 #: Longest wait for the last timestamping batch after the load (the default interval is 60 s).
 TIMESTAMP_WAIT_S: Final = 180.0
 _ACTOR: Final = "bench"
+_CONSUMER: Final = DemoNode("consumer", CONSUMER_SERVER, (PARTIES.consumer,))
+_PROVIDER: Final = DemoNode("provider", PROVIDER_SERVER, (PARTIES.provider,))
 _CONSUMER_DIRECTIONS: Final = ("request_out", "response_in")
 _PROVIDER_DIRECTIONS: Final = ("request_in", "response_out")
 
@@ -170,23 +169,6 @@ async def _has_message_log(url: str) -> bool:
         await conn.close()
 
 
-def _free_port() -> int:
-    """A port free right now, for the one listener whose address must be known in advance:
-    the server side a node registers (``public_address``) before it starts."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def _fresh_database(server_url: str, name: str) -> str:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-    return await ensure_database(server_url, name)
-
-
 def bench_wsdl(address: str) -> bytes:
     """The SOAP service's description: one operation, ``benchSoap``."""
     return f"""<?xml version="1.0" encoding="UTF-8"?>
@@ -212,97 +194,18 @@ def bench_wsdl(address: str) -> bytes:
 """.encode()
 
 
-def _certify(directory: Path, trust: TrustServices, now: dt.datetime) -> None:
-    """The CA issues the node's certificates from its CSRs; the node imports them."""
-    node = NodeDir(directory)
-    ca = trust.ca
-    chain = b"".join(c.public_bytes(Encoding.PEM) for c in (*ca.intermediates, ca.root_certificate))
-    for label in NodeKeys(node).store.labels():
-        profile: Literal["auth", "sign"] = "auth" if label == AUTH_LABEL else "sign"
-        issued = ca.issue(node.csr_file(label).read_bytes(), profile, now=now)
-        import_certificate(directory, issued.public_bytes(Encoding.PEM), chain=chain, now=now)
-
-
-async def _set_up_node(
-    name: str,
-    directory: Path,
-    *,
-    server: SecurityServerId,
-    client: SubsystemId,
-    anchor: bytes,
-    server_url: str,
-    trust: TrustServices,
-    session: aiohttp.ClientSession,
-    now: dt.datetime,
-) -> str:
-    """``jisr node init``, ``import-cert``, ``register``, ``add-client``; returns the DB URL."""
-    url = await _fresh_database(server_url, f"bench_{name}")
-    port = _free_port()
-    initialise_node(
-        directory,
-        server_id=str(server),
-        anchor=anchor,
-        passphrase=NODE_PASSPHRASE,
-        now=now,
-        public_address=f"127.0.0.1:{port}",
-        ports={"client_http_port": 0, "client_https_port": 0, "server_port": port, "admin_port": 0},
-        database_url=url,
-    )
-    _certify(directory, trust, now)
-    node = NodeDir(directory)
-    await register_server(node, NODE_PASSPHRASE, session=session)
-    async with open_pool(
-        configured_url=url,
-        data_dir=directory,
-        database=f"bench_{name}",
-        migrations="security_server.migrations",
-        max_size=2,
-    ) as pool:
-        store = CatalogueStore(pool)
-        await store.load()
-        await store.add_client(_ACTOR, str(client), connection_type="http")
-    await client_request(node, NODE_PASSPHRASE, client, session=session)
-    return url
-
-
-async def _publish_services(url: str, directory: Path, service_url: str) -> None:
+def _bench_catalogue(service_url: str) -> CatalogueSetUp:
     """``jisr node service add`` and ``access grant`` for the provider."""
-    provider, consumer = str(PARTIES.provider), str(PARTIES.consumer)
-    async with open_pool(
-        configured_url=url,
-        data_dir=directory,
-        database="bench_provider",
-        migrations="security_server.migrations",
-        max_size=2,
-    ) as pool:
-        store = CatalogueStore(pool)
-        await store.load()
+
+    async def publish(store: CatalogueStore) -> None:
+        provider, consumer = str(PARTIES.provider), str(PARTIES.consumer)
         await store.add_rest(_ACTOR, provider, SMALL_SERVICE_CODE, service_url + "/small")
         await store.add_rest(_ACTOR, provider, ECHO_SERVICE_CODE, service_url + "/echo")
         await store.add_wsdl(_ACTOR, provider, document=bench_wsdl(service_url + "/soap"))
         for code in (SMALL_SERVICE_CODE, ECHO_SERVICE_CODE, SOAP_SERVICE_CODE):
             await store.grant(_ACTOR, provider, code, consumer)
 
-
-async def _wait_until_published(
-    directory: Path, servers: tuple[SecurityServerId, ...], session: aiohttp.ClientSession
-) -> None:
-    node = NodeDir(directory)
-    client = ConfClient(node.globalconf_dir, node.load_anchor(), session=session)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        await client.poll_once()
-        conf = client.latest
-        if conf is not None and all(conf.server(s) is not None for s in servers):
-            found = conf.servers_for_client(PARTIES.provider)
-            if found and conf.servers_for_client(PARTIES.consumer):
-                return
-        if time.monotonic() > deadline:
-            raise NodesUnavailable(
-                f"the registry did not publish both nodes and their clients in "
-                f"{READY_TIMEOUT_S:.0f} s"
-            )
-        await asyncio.sleep(0.5)
+    return publish
 
 
 async def _probe(consumer_url: str, session: aiohttp.ClientSession, logs: Path) -> int:
@@ -397,22 +300,23 @@ async def node_network(
             anchor = reg.anchor_path.read_bytes()
             session = await stack.enter_async_context(aiohttp.ClientSession())
             urls: dict[str, str] = {}
-            for name, server, client in (
-                ("consumer", CONSUMER_SERVER, PARTIES.consumer),
-                ("provider", PROVIDER_SERVER, PARTIES.provider),
+            for spec, catalogue in (
+                (_CONSUMER, None),
+                (_PROVIDER, _bench_catalogue(service_url)),
             ):
-                urls[name] = await _set_up_node(
-                    name,
-                    data_dir / f"node-{name}",
-                    server=server,
-                    client=client,
+                urls[spec.name] = await set_up_node(
+                    spec,
+                    data_dir / f"node-{spec.name}",
                     anchor=anchor,
                     server_url=server_url,
                     trust=trust,
                     session=session,
                     now=now,
+                    catalogue=catalogue,
+                    passphrase=NODE_PASSPHRASE,
+                    database_prefix="bench_",
+                    actor=_ACTOR,
                 )
-            await _publish_services(urls["provider"], data_dir / "node-provider", service_url)
             started: list[Child] = []
 
             async def stop_nodes() -> None:
@@ -423,8 +327,11 @@ async def node_network(
 
             stack.push_async_callback(stop_nodes)
             for name in urls:
-                await _wait_until_published(
-                    data_dir / f"node-{name}", (CONSUMER_SERVER, PROVIDER_SERVER), session
+                await wait_until_published(
+                    data_dir / f"node-{name}",
+                    (_CONSUMER, _PROVIDER),
+                    session,
+                    timeout_s=READY_TIMEOUT_S,
                 )
             consumer = await _start_node(
                 children,

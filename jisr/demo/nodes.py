@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +61,11 @@ READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 10.0
 CONF_POLL_S = 5
 _ACTOR = "demo"
+
+
+#: Fills a node's service catalogue during its set-up (what ``jisr node service add`` and
+#: ``access grant`` do), while the node's database is open and before the node runs.
+CatalogueSetUp = Callable[[CatalogueStore], Awaitable[None]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -116,20 +121,29 @@ async def set_up_node(
     server_url: str,
     trust: TrustServices,
     session: aiohttp.ClientSession,
-    sample_base_url: str,
-    http_port: int,
-    https_port: int,
     now: dt.datetime,
+    sample_base_url: str | None = None,
+    catalogue: CatalogueSetUp | None = None,
+    http_port: int = 0,
+    https_port: int = 0,
+    passphrase: str = DEMO_PASSPHRASE,
+    database_prefix: str = "jisr_node_",
+    actor: str = _ACTOR,
 ) -> str:
-    """Set a node up and register it and its clients; return its database URL."""
-    database = f"jisr_node_{spec.name}"
+    """Set a node up and register it and its clients; return its database URL.
+
+    The node publishes the sample services of :data:`PUBLISHED` it hosts when
+    ``sample_base_url`` says where they run, then whatever ``catalogue`` adds: the demo, the
+    benchmark and the end-to-end tests build their nodes the same way and differ only there.
+    """
+    database = f"{database_prefix}{spec.name}"
     url = await fresh_database(server_url, database)
     server_port = free_port()
     initialise_node(
         directory,
         server_id=str(spec.server_id),
         anchor=anchor,
-        passphrase=DEMO_PASSPHRASE,
+        passphrase=passphrase,
         now=now,
         public_address=f"127.0.0.1:{server_port}",
         ports={
@@ -141,10 +155,10 @@ async def set_up_node(
         database_url=url,
     )
     for member in spec.members[1:]:
-        add_member_key(directory, str(member), DEMO_PASSPHRASE)
+        add_member_key(directory, str(member), passphrase)
     certify(directory, trust, now)
     node = NodeDir(directory)
-    await register_server(node, DEMO_PASSPHRASE, session=session)
+    await register_server(node, passphrase, session=session)
     async with open_pool(
         configured_url=url,
         data_dir=directory,
@@ -155,31 +169,44 @@ async def set_up_node(
         store = CatalogueStore(pool)
         await store.load()
         for client in spec.clients:
-            await store.add_client(_ACTOR, str(client), connection_type="http")
-        for published in PUBLISHED:
-            if published.provider not in spec.clients:
-                continue
-            sample = SAMPLE_SERVICES[published.kind]
-            await store.add_wsdl(
-                _ACTOR,
-                str(published.provider),
-                document=sample.wsdl(),
-                address=sample.rest_url(sample_base_url).rstrip("/") + "/",
-            )
-            for subject in published.allowed:
-                await store.grant(_ACTOR, str(published.provider), published.service_code, subject)
+            await store.add_client(actor, str(client), connection_type="http")
+        if sample_base_url is not None:
+            await _publish_samples(store, spec, sample_base_url, actor)
+        if catalogue is not None:
+            await catalogue(store)
     for client in spec.clients:
-        await client_request(node, DEMO_PASSPHRASE, client, session=session)
+        await client_request(node, passphrase, client, session=session)
     return url
 
 
+async def _publish_samples(
+    store: CatalogueStore, spec: DemoNode, sample_base_url: str, actor: str
+) -> None:
+    for published in PUBLISHED:
+        if published.provider not in spec.clients:
+            continue
+        sample = SAMPLE_SERVICES[published.kind]
+        await store.add_wsdl(
+            actor,
+            str(published.provider),
+            document=sample.wsdl(),
+            address=sample.rest_url(sample_base_url).rstrip("/") + "/",
+        )
+        for subject in published.allowed:
+            await store.grant(actor, str(published.provider), published.service_code, subject)
+
+
 async def wait_until_published(
-    directory: Path, specs: Sequence[DemoNode], session: aiohttp.ClientSession
+    directory: Path,
+    specs: Sequence[DemoNode],
+    session: aiohttp.ClientSession,
+    *,
+    timeout_s: float = READY_TIMEOUT_S,
 ) -> None:
     """Poll the registry as a node does until every node and client is in the configuration."""
     node = NodeDir(directory)
     client = ConfClient(node.globalconf_dir, node.load_anchor(), session=session)
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while True:
         await client.poll_once()
         conf = client.latest
@@ -191,7 +218,7 @@ async def wait_until_published(
             return
         if time.monotonic() > deadline:
             raise ConfigError(
-                f"the registry did not publish every demo node within {READY_TIMEOUT_S:.0f} s"
+                f"the registry did not publish every demo node within {timeout_s:.0f} s"
             )
         await asyncio.sleep(0.3)
 
