@@ -73,6 +73,25 @@ class NodeSettings:
     connect_timeout_s: int = 5
     max_body_bytes: int = 10 * 1024 * 1024
     workers: int = 1
+    # -- message log, timestamping and archives (docs/message-log.md, archives-and-audit.md)
+    #: Keep message bodies in the log; false keeps their SHA-256 only (the node's privacy switch).
+    log_bodies: bool = True
+    #: Wait for the record's timestamp before an exchange continues (a TSA call per message).
+    timestamp_immediately: bool = False
+    #: Records may wait this long for a timestamp before the node refuses exchanges (X-Road's).
+    timestamp_failure_period_s: int = 14_400
+    #: Directory for archives; empty means ``<data dir>/archives``.
+    archive_dir: str = ""
+    #: ``s3://bucket/prefix`` archives to an S3-compatible bucket instead (needs boto3).
+    archive_url: str = ""
+    #: Endpoint of an S3-compatible server other than AWS, e.g. ``https://minio.example:9000``.
+    archive_s3_endpoint: str = ""
+    #: Log period per archive: ``hour`` or ``day``.
+    archive_period: str = "hour"
+    #: Seconds between archiver passes.
+    archive_interval_s: int = 60
+    #: Days archived records stay in the database before the retention job deletes them.
+    retention_days: int = 30
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
