@@ -4,7 +4,12 @@ Rules:
 
 - Every route except ``GET /api/v1/openapi.json`` needs ``Authorization: Bearer <api key>``
   (keys are made with ``jisr node api-key create``). A missing or unknown key is 401. Role
-  ``auditor`` may read (GET) only, anything else is 403; role ``operator`` may do everything.
+  ``auditor`` may read (GET) only, anything else is 403; role ``operator`` may do everything
+  except read the message log.
+- The message log (``/message-log/...``) is read-only and for role ``auditor`` only: it holds
+  the exchanged bodies, which are the citizens' data, and reading them is the auditor's duty,
+  not the operator's (an operator key is refused with 403; creating an auditor key leaves an
+  audit row). Nothing in this API changes the log.
 - Handlers are thin: parse the JSON body, call :class:`security_server.catalogue_store.
   CatalogueStore`, answer JSON. The store writes the audit row (actor ``api:<key name>``) in
   the same transaction as the change and refreshes the snapshot the request handlers read.
@@ -20,16 +25,20 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 from cryptography import x509
 
-from config.errors import JisrError, ValidationError
+from config.errors import JisrError, StorageError, ValidationError
+from gateway.identifiers import ServiceId, parse_client
+from gateway.log_record import LogRecord, format_time
+from gateway.transport import encode_proof
 from security_server.access_rights import GROUP_PREFIX
 from security_server.catalogue_store import CatalogueStore, service_json
 from security_server.runtime import Clock, ConfSource, utc_now
@@ -54,18 +63,54 @@ class Forbidden(ValidationError):
     http_status = 403
 
 
+class RecordNotFound(ValidationError):
+    """No message-log record with the sequence number asked for (or it was deleted)."""
+
+    http_status = 404
+
+
+class MessageLogUnavailable(StorageError):
+    """The node serving this API runs without a message log."""
+
+    http_status = 503
+
+
+class LogReader(Protocol):
+    """The message log as the admin API reads it (``PostgresMessageLog`` satisfies it)."""
+
+    async def search(
+        self,
+        *,
+        message_id: str | None = None,
+        client: str | None = None,
+        service: str | None = None,
+        user_id: str | None = None,
+        issue: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[LogRecord]: ...
+
+    async def read_records(self, *, after_seq: int = 0, limit: int = 1000) -> list[LogRecord]: ...
+
+    async def archived_through(self) -> int: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class AdminContext:
-    """What the handlers use: the catalogue, and the node's status report."""
+    """What the handlers use: the catalogue, the node's status report, and its message log."""
 
     catalogue: CatalogueStore
     status: Callable[[], dict[str, Any]]
     conf: ConfSource | None = None
     clock: Clock = utc_now
+    message_log: LogReader | None = None
 
 
 CONTEXT = web.AppKey("node_admin_context", AdminContext)
 _KEY = web.RequestKey("node_admin_api_key", str)
+_ROLE = web.RequestKey("node_admin_api_role", str)
 
 
 @web.middleware
@@ -109,6 +154,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             f"API key {name!r} has role {role}, which may only read; changes need an operator key"
         )
     request[_KEY] = name
+    request[_ROLE] = role
     return await handler(request)
 
 
@@ -400,6 +446,144 @@ async def list_audit(request: web.Request) -> web.Response:
     return _ok(await _store(request).audit(int(text)))
 
 
+# -- message log (auditors only, read-only) --------------------------------------------------
+
+#: Most records one search returns (the log's own limit).
+MAX_LOG_RESULTS = 1000
+
+
+def _log_reader(request: web.Request) -> LogReader:
+    role = request[_ROLE]
+    if role != "auditor":
+        raise Forbidden(
+            f"API key {request[_KEY]!r} has role {role}; the message log holds the exchanged "
+            "data and is read with an auditor key (`jisr node api-key create --role auditor`)"
+        )
+    reader = request.app[CONTEXT].message_log
+    if reader is None:
+        raise MessageLogUnavailable("this node runs without a message log")
+    return reader
+
+
+def _query_time(request: web.Request, name: str) -> dt.datetime | None:
+    text = _query(request, name)
+    if text is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationError(
+            f"{name} {text!r} is not an ISO 8601 time such as 2026-11-01T12:00:00Z"
+        ) from None
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def record_summary(record: LogRecord, archived_through: int) -> dict[str, Any]:
+    """One record as a search lists it: ids, times, digests, timestamp and archive state."""
+    entry = record.entry
+    stamp = record.timestamp
+    return {
+        "seq": record.seq,
+        "logged_at": format_time(record.logged_at),
+        "direction": entry.direction,
+        "message_id": entry.message_id,
+        "client": str(entry.client),
+        "service": str(entry.service),
+        "user_id": entry.user_id,
+        "issue": entry.issue,
+        "protocol": entry.protocol,
+        "created_at": format_time(entry.created_at),
+        "request_hash": entry.request_hash,
+        "body_logged": entry.body is not None,
+        "body_sha256": entry.body_digest,
+        "record_hash": record.record_hash.hex(),
+        "timestamp": None
+        if stamp is None
+        else {
+            "batch_id": stamp.batch.batch_id,
+            "gen_time": format_time(stamp.batch.gen_time),
+            "tsa_url": stamp.batch.tsa_url,
+        },
+        "archived": record.seq <= archived_through,
+    }
+
+
+def record_parts(record: LogRecord, archived_through: int) -> dict[str, Any]:
+    """One record with every part as stored (base64), enough to check it offline."""
+    entry = record.entry
+    document = record_summary(record, archived_through)
+    document["record"] = json.loads(record.canonical_bytes())
+    document["prev_hash"] = record.prev_hash.hex()
+    document["parts"] = {
+        "signed_part": _b64(entry.signed_part),
+        "body": None if entry.body is None else _b64(entry.body),
+        "signature": _b64(entry.signature),
+        "proof": _b64(entry.proof),
+        "certificates": [_b64(c) for c in entry.certificates],
+        "ocsp": _b64(entry.ocsp),
+    }
+    stamp = record.timestamp
+    if stamp is not None:
+        document["timestamp"].update(
+            {
+                "root": stamp.batch.root.hex(),
+                "size": stamp.batch.size,
+                "token": _b64(stamp.batch.token),
+                "proof": _b64(encode_proof(stamp.proof)),
+            }
+        )
+    return document
+
+
+async def search_message_log(request: web.Request) -> web.Response:
+    reader = _log_reader(request)
+    text = request.query.get("limit", "100")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LOG_RESULTS:
+        raise ValidationError(f"limit must be a number from 1 to {MAX_LOG_RESULTS}")
+    order = request.query.get("order", "oldest")
+    if order not in ("oldest", "newest"):
+        raise ValidationError(f"order {order!r} is unknown; use oldest or newest")
+    client = _query(request, "client")
+    service = _query(request, "service")
+    records = await reader.search(
+        message_id=_query(request, "message_id"),
+        client=None if client is None else str(parse_client(client)),
+        service=None if service is None else str(ServiceId.parse(service)),
+        user_id=_query(request, "user_id"),
+        issue=_query(request, "issue"),
+        since=_query_time(request, "since"),
+        until=_query_time(request, "until"),
+        limit=int(text),
+        newest_first=order == "newest",
+    )
+    through = await reader.archived_through()
+    return _ok(
+        {
+            "records": [record_summary(r, through) for r in records],
+            "archived_through": through,
+        }
+    )
+
+
+async def show_message_log_record(request: web.Request) -> web.Response:
+    reader = _log_reader(request)
+    text = request.match_info["seq"]
+    if not text.isdigit() or len(text) > 18 or int(text) < 1:
+        raise ValidationError(f"record {text!r} is not a sequence number (1, 2, 3, ...)")
+    seq = int(text)
+    found = await reader.read_records(after_seq=seq - 1, limit=1)
+    if not found or found[0].seq != seq:
+        raise RecordNotFound(
+            f"the message log holds no record {seq}; it was never written, or it was archived "
+            "and deleted after the retention period (search the archives)"
+        )
+    return _ok(record_parts(found[0], await reader.archived_through()))
+
+
 # -- OpenAPI ---------------------------------------------------------------------------------
 
 
@@ -437,6 +621,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/api-keys", create_api_key),
     ("DELETE", "/api-keys/{name}", revoke_api_key),
     ("GET", "/audit-log", list_audit),
+    ("GET", "/message-log/records", search_message_log),
+    ("GET", "/message-log/records/{seq}", show_message_log_record),
 ]
 
 

@@ -23,6 +23,12 @@ Rules (``docs/archives-and-audit.md`` is the operator's and auditor's descriptio
   one (equal in everything the auditor checks).
 - Blocking work (ZIP writing, fsync, uploads) runs in a worker thread; the node's event loop is
   never blocked by archiving.
+- One archiver at a time per log: every pass runs under the ``lock`` given (the node passes a
+  PostgreSQL advisory lock, so worker processes and ``jisr node archive`` take turns). A
+  background pass that finds the lock taken skips its turn; an explicit pass waits for it.
+- ``archive_once(close_open_period=True)`` (``jisr node archive --now``) treats the current
+  period as closed: everything timestamped is archived at once, and records logged later in the
+  same period go to the next archive, which then has the same period start.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import os
 import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import IO, Any, Final, Literal, Protocol
 
@@ -64,6 +71,7 @@ from security_server.conf_client import DOCUMENT_FILE, SIGNATURE_FILE
 from security_server.runtime import Clock, utc_now
 
 __all__ = [
+    "ArchiveLock",
     "ArchiveSource",
     "ArchiveStore",
     "Archiver",
@@ -95,6 +103,16 @@ _CONF_FILE_RE: Final = re.compile(r"globalconf-(\d{8,})\.json")
 
 class ArchiverError(StorageError):
     """An archive could not be written or stored; its records stay unarchived and are retried."""
+
+
+#: ``lock(wait)`` holds the log's archiving turn while its block runs and yields whether it
+#: was obtained; with ``wait=False`` it yields False at once when another archiver holds it.
+ArchiveLock = Callable[[bool], AbstractAsyncContextManager[bool]]
+
+
+@contextlib.asynccontextmanager
+async def _no_lock(wait: bool) -> AsyncIterator[bool]:
+    yield True
 
 
 # --- what the archiver reads from ----------------------------------------------------------------
@@ -468,6 +486,7 @@ class Archiver:
         grace: dt.timedelta = DEFAULT_GRACE,
         interval_s: float = DEFAULT_INTERVAL_S,
         clock: Clock = utc_now,
+        lock: ArchiveLock | None = None,
     ) -> None:
         if period not in _PERIODS:
             raise ConfigError(f"archive period {period!r} is not one of {', '.join(_PERIODS)}")
@@ -481,6 +500,7 @@ class Archiver:
         self.grace = grace
         self.interval_s = interval_s
         self.clock = clock
+        self._lock = lock or _no_lock
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         #: Archives written by this process, newest last (name, location).
@@ -488,8 +508,22 @@ class Archiver:
 
     # -- one pass -------------------------------------------------------------------------
 
-    async def archive_once(self) -> list[str]:
-        """Archive every closed period; return the names of the archives written."""
+    async def archive_once(
+        self, *, close_open_period: bool = False, wait: bool = True
+    ) -> list[str]:
+        """Archive every closed period; return the names of the archives written.
+
+        ``close_open_period`` archives the current period too, up to its last timestamped
+        record (before maintenance, or to hand evidence over now). ``wait=False`` returns
+        ``[]`` at once when another archiver of the same log is in a pass.
+        """
+        async with self._lock(wait) as held:
+            if not held:
+                _log.debug("archive_pass_skipped", reason="another archiver holds the log")
+                return []
+            return await self._archive_pass(close_open_period)
+
+    async def _archive_pass(self, close_open_period: bool) -> list[str]:
         latest = await asyncio.to_thread(self.store.latest)
         through = await self.source.archived_through()
         if latest is not None:
@@ -510,7 +544,7 @@ class Archiver:
                 )
         written: list[str] = []
         previous = latest
-        async for records, start in self._closed_groups(through):
+        async for records, start in self._closed_groups(through, close_open_period):
             stored = await self._archive(records, start, previous)
             written.append(stored.name)
             previous = stored
@@ -520,10 +554,11 @@ class Archiver:
         return start + self.period + self.grace <= now
 
     async def _closed_groups(
-        self, after_seq: int
+        self, after_seq: int, close_open_period: bool = False
     ) -> AsyncIterator[tuple[list[LogRecord], dt.datetime]]:
         """Runs of records to archive, in order: whole closed periods, cut at ``max_records``."""
-        now = self.clock()
+        # Closing the open period: every period counts as closed, however recent.
+        now = dt.datetime.max.replace(tzinfo=dt.UTC) if close_open_period else self.clock()
         pending: _Pending | None = None
         cursor = after_seq
         while True:
@@ -645,7 +680,7 @@ class Archiver:
         """Archive every ``interval_s`` until cancelled; a failed pass is logged and retried."""
         while True:
             try:
-                await self.archive_once()
+                await self.archive_once(wait=False)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a pass must never end the task; the next one retries

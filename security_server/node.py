@@ -25,12 +25,20 @@ Rules:
   re-bound on the same port with a new TLS context; when registered client certificates
   change, so is the client-side HTTPS listener. Connections already open finish normally.
 - Background tasks: configuration polling, own OCSP refreshing, the message log's writer and
-  its batch timestamper (:mod:`security_server.message_log`, :mod:`.timestamper`), and a
-  catalogue watcher that picks up changes made by ``jisr node`` commands in other processes
-  (every 2 s).
-- Shutdown, in reverse: listeners (open requests get 5 s), background tasks, the message log
-  (queued records are written first), the timestamper, outgoing sessions, database pool, the
-  embedded PostgreSQL.
+  its batch timestamper (:mod:`security_server.message_log`, :mod:`.timestamper`), the
+  archiver (:mod:`security_server.archiver`; a directory, ``<data dir>/archives`` by default,
+  or an S3 bucket), the retention job (deletes archived records older than
+  ``retention_days``, hourly), and a catalogue watcher that picks up changes made by
+  ``jisr node`` commands in other processes (every 2 s).
+- The archiver's trust material comes from ``DIR/conf-history/``: the anchor and every
+  accepted global-configuration version whose trust content changed. Archiving passes of all
+  processes sharing the database take turns through a PostgreSQL advisory lock
+  (:func:`archive_lock`), so worker processes and ``jisr node archive`` never write the same
+  archive twice.
+- Shutdown, in reverse: listeners (open requests get 5 s), background tasks, the archiver (a
+  pass under way is cancelled; its records stay unarchived), the message log (queued records
+  are written first), the timestamper, outgoing sessions, database pool, the embedded
+  PostgreSQL.
 """
 
 from __future__ import annotations
@@ -38,13 +46,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import os
 import signal
 import socket
 import ssl
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import asyncpg
@@ -53,8 +64,8 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from config.errors import ConfigError
-from config.settings import Settings
+from config.errors import ConfigError, StorageError
+from config.settings import NodeSettings, Settings
 from gateway.globalconf import GlobalConf, format_time
 from gateway.identifiers import SecurityServerId
 from security_server.admin_api import AdminContext, admin_app
@@ -73,6 +84,17 @@ from security_server.tls import server_context
 from storage.database import open_pool
 from storage.migrations import apply_migrations
 
+if TYPE_CHECKING:
+    from security_server.archiver import (
+        ArchiveLock,
+        Archiver,
+        ArchiveSource,
+        ArchiveStore,
+        ConfHistory,
+    )
+    from security_server.message_log import PostgresMessageLog
+    from security_server.timestamper import Timestamper
+
 log = structlog.get_logger(__name__)
 
 DATABASE_NAME = "jisr_node"
@@ -80,6 +102,12 @@ MIGRATIONS = "security_server.migrations"
 LOG_MIGRATIONS = "security_server.log_migrations"
 WATCH_INTERVAL_S = 2.0
 SHUTDOWN_TIMEOUT_S = 5.0
+#: Seconds between runs of the retention job (the first runs at start).
+RETENTION_INTERVAL_S = 3600.0
+#: Advisory lock key of an archiving pass ("JLAR"); the timestamper's is "JLTS".
+ARCHIVE_LOCK_KEY = 0x4A4C4152
+CONF_HISTORY_DIR = "conf-history"
+ARCHIVE_DIR = "archives"
 
 
 @contextlib.asynccontextmanager
@@ -96,6 +124,143 @@ async def open_node_database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         async with pool.acquire() as conn:
             await apply_migrations(conn, LOG_MIGRATIONS)
         yield pool
+
+
+def message_log_options(ns: NodeSettings) -> dict[str, Any]:
+    """The :class:`PostgresMessageLog` keyword arguments the node settings ask for."""
+    if ns.timestamp_failure_period_s < 1:
+        raise ConfigError(
+            "timestamp_failure_period_s must be at least 1 second (X-Road's default is 14400)"
+        )
+    if ns.retention_days < 0:
+        raise ConfigError("retention_days must be 0 (delete once archived) or more")
+    return {
+        "timestamp_immediately": ns.timestamp_immediately,
+        "acceptable_period": dt.timedelta(seconds=ns.timestamp_failure_period_s),
+        "retention": dt.timedelta(days=ns.retention_days),
+        "log_bodies": ns.log_bodies,
+        "max_body_bytes": ns.max_body_bytes,
+    }
+
+
+def archive_directory(settings: Settings) -> Path:
+    """Where archives go without an S3 URL: ``archive_dir``, relative to the data directory."""
+    configured = settings.node.archive_dir
+    return settings.data_dir / (configured or ARCHIVE_DIR)
+
+
+def archive_store(settings: Settings) -> ArchiveStore:
+    """The archive store the settings name: an S3 bucket for ``archive_url``, else a directory.
+
+    Raises ConfigError for a malformed URL, a missing boto3, or a directory that cannot be
+    created.
+    """
+    from security_server.archiver import DirectoryStore, s3_store
+
+    ns = settings.node
+    if ns.archive_url:
+        if not ns.archive_url.startswith("s3://"):
+            raise ConfigError(
+                f"archive_url {ns.archive_url!r} is not an s3://bucket/prefix URL; leave it "
+                "empty to archive to archive_dir"
+            )
+        return s3_store(
+            ns.archive_url,
+            staging=settings.data_dir / "archive-staging",
+            endpoint_url=ns.archive_s3_endpoint or None,
+        )
+    directory = archive_directory(settings)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the archive directory {directory}: {exc.strerror or exc}; set "
+            "archive_dir to a writable directory"
+        ) from exc
+    return DirectoryStore(directory)
+
+
+def archive_lock(pool: asyncpg.Pool) -> ArchiveLock:
+    """The log's archiving turn as a PostgreSQL advisory lock, shared by every process that
+    uses the same database (session lock on one pooled connection; a lost connection drops it,
+    and asyncpg's connection reset on release unlocks it in any case)."""
+
+    @contextlib.asynccontextmanager
+    async def hold(wait: bool) -> AsyncIterator[bool]:
+        async with pool.acquire() as conn:
+            if wait:
+                await conn.execute("SELECT pg_advisory_lock($1)", ARCHIVE_LOCK_KEY)
+                held = True
+            else:
+                held = bool(
+                    await conn.fetchval("SELECT pg_try_advisory_lock($1)", ARCHIVE_LOCK_KEY)
+                )
+            try:
+                yield held
+            finally:
+                if held:
+                    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
+                        await conn.execute("SELECT pg_advisory_unlock($1)", ARCHIVE_LOCK_KEY)
+
+    return hold
+
+
+def build_archiver(
+    settings: Settings,
+    node_dir: NodeDir,
+    source: ArchiveSource,
+    pool: asyncpg.Pool,
+    *,
+    clock: Clock = utc_now,
+) -> Archiver:
+    """The node's archiver, as ``running_node`` and ``jisr node archive`` both use it.
+
+    The configuration history is brought up to date with the version in ``DIR/globalconf``.
+    """
+    from security_server.archiver import Archiver, ConfHistory
+
+    ns = settings.node
+    if ns.archive_period not in ("hour", "day"):
+        raise ConfigError(f"archive_period {ns.archive_period!r} must be hour or day")
+    if ns.archive_interval_s < 1:
+        raise ConfigError("archive_interval_s must be at least 1 second")
+    history = ConfHistory(
+        node_dir.root / CONF_HISTORY_DIR, anchor=node_dir.anchor_file.read_bytes()
+    )
+    remember_current_conf(history, node_dir)
+    return Archiver(
+        source,
+        archive_store(settings),
+        history,
+        period=typing.cast(typing.Literal["hour", "day"], ns.archive_period),
+        interval_s=float(ns.archive_interval_s),
+        clock=clock,
+        lock=archive_lock(pool),
+    )
+
+
+def remember_current_conf(history: ConfHistory, node_dir: NodeDir) -> None:
+    """Keep the held configuration's trust for archives; a node without one has none yet."""
+    from security_server.archiver import ArchiverError
+
+    try:
+        history.remember_from(node_dir.globalconf_dir)
+    except ArchiverError as exc:
+        log.info("no global configuration to keep for archives yet", detail=exc.message)
+
+
+async def purge_periodically(
+    message_log: PostgresMessageLog, interval_s: float = RETENTION_INTERVAL_S
+) -> None:
+    """The retention job: delete records archived longer ago than the retention period."""
+    while True:
+        try:
+            await message_log.purge_expired()
+        except StorageError as exc:
+            log.warning("message log retention job failed", error=exc.message)
+        except Exception:  # the job must outlive whatever one run hits
+            log.exception("message log retention job crashed")
+        await asyncio.sleep(interval_s)
 
 
 def approved_roots(conf: GlobalConf | None) -> tuple[x509.Certificate, ...]:
@@ -219,6 +384,22 @@ class RunningNode:
     catalogue: CatalogueStore
     internal_tls_sha256: str
     listeners: dict[str, Listener]
+    message_log: PostgresMessageLog
+    timestamper: Timestamper
+    archiver: Archiver
+
+    def message_log_status(self) -> dict[str, Any]:
+        """What this process knows of its log without asking the database."""
+        state = self.timestamper.state
+        oldest = state.oldest_untimestamped
+        return {
+            "oldest_untimestamped": format_time(oldest) if oldest else None,
+            "timestamping_last_success": format_time(state.last_success)
+            if state.last_success
+            else None,
+            "timestamping_last_error": state.last_error,
+            "archives_written": [name for name, _ in self.archiver.written[-10:]],
+        }
 
     def status(self) -> dict[str, Any]:
         """What the admin API's ``/status`` shows."""
@@ -257,6 +438,7 @@ class RunningNode:
             "certificates": certificates,
             "endpoints": self.endpoints,
             "internal_tls_sha256": self.internal_tls_sha256,
+            "message_log": self.message_log_status(),
         }
 
 
@@ -352,11 +534,19 @@ async def running_node(
         timestamper = timestamper_class(pool, conf, session, clock=clock)
         await timestamper.start()
         stack.push_async_callback(timestamper.close)
-        message_log = log_class(pool, server_id, clock=clock, timestamper=timestamper)
+        message_log = log_class(
+            pool, server_id, clock=clock, timestamper=timestamper, **message_log_options(ns)
+        )
         await message_log.start()
         # Closed after the listeners (pushed later, so cleaned up earlier): queued records are
         # written before the log stops.
         stack.push_async_callback(message_log.close)
+        archiver = build_archiver(settings, node_dir, message_log, pool, clock=clock)
+        from security_server.archiver import on_conf_change
+
+        conf.on_change.append(on_conf_change(archiver.history, node_dir.globalconf_dir))
+        await archiver.start()
+        stack.push_async_callback(archiver.close)
 
         used: dict[str, object] = {
             "roots": approved_roots(conf.latest),
@@ -378,7 +568,13 @@ async def running_node(
         holder: dict[str, RunningNode] = {}
         admin_runner = web.AppRunner(
             admin_app(
-                AdminContext(catalogue, lambda: holder["node"].status(), conf=conf, clock=clock)
+                AdminContext(
+                    catalogue,
+                    lambda: holder["node"].status(),
+                    conf=conf,
+                    clock=clock,
+                    message_log=message_log,
+                )
             ),
             handle_signals=False,
             access_log=None,
@@ -422,6 +618,9 @@ async def running_node(
             catalogue=catalogue,
             internal_tls_sha256=internal_sha,
             listeners=listeners,
+            message_log=message_log,
+            timestamper=timestamper,
+            archiver=archiver,
         )
         holder["node"] = running
         changed = asyncio.Event()
@@ -449,6 +648,7 @@ async def running_node(
             asyncio.create_task(conf.run(), name="globalconf-client"),
             asyncio.create_task(ocsp.run(), name="own-ocsp"),
             asyncio.create_task(watch(), name="node-watcher"),
+            asyncio.create_task(purge_periodically(message_log), name="message-log-retention"),
         ]
 
         async def stop_tasks() -> None:
@@ -523,8 +723,14 @@ __all__ = [
     "Listener",
     "RunningNode",
     "approved_roots",
+    "archive_directory",
+    "archive_lock",
+    "archive_store",
+    "build_archiver",
     "client_side_context",
+    "message_log_options",
     "open_node_database",
+    "purge_periodically",
     "run_blocking",
     "running_node",
     "serve_node",
