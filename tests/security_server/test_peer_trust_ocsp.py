@@ -19,6 +19,7 @@ import pytest
 
 from certs.status import CertStatus
 from gateway.faults import FaultError
+from gateway.globalconf import SecurityServer
 from gateway.identifiers import ServiceId
 from gateway.transport import (
     CONTENT_TYPE,
@@ -179,6 +180,28 @@ async def test_refuses_peer_certificate_from_a_ca_the_configuration_does_not_app
     assert refused.value.fault_code == "Server.ClientProxy.SslAuthenticationFailed"
     assert "not issued by a CA the global configuration approves" in refused.value.message
     assert net.ocsp_requests == 0
+
+
+async def test_only_the_good_certificates_of_a_node_being_rekeyed_are_accepted(
+    net: Network,
+) -> None:
+    conf = net.consumer_conf.conf
+    assert conf is not None
+    old, unknown = net.pki.authentication("old"), net.pki.authentication("unknown")
+    net.statuses[old.cert.serial_number] = CertStatus("revoked", revoked_at=net.clock.now)
+    net.statuses[unknown.cert.serial_number] = CertStatus("unknown")
+    server = SecurityServer(
+        PROVIDER_NODE, "127.0.0.1:1", (old.cert, net.provider_auth.cert, unknown.cert)
+    )
+    status = PeerAuthStatus(clock=net.clock)
+    try:
+        good, refused = await status.good_certificates(server, conf, prefix="Server.ClientProxy")
+    finally:
+        await status.close()
+    assert good == (net.provider_auth.cert,)
+    assert [f.fault_code for f in refused] == ["Server.ClientProxy.CertValidation"] * 2
+    assert "is revoked since" in refused[0].message
+    assert "is unknown" in refused[1].message
 
 
 # ---- revoked certificates -------------------------------------------------------------------
