@@ -36,9 +36,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from yarl import URL
 
-from bench.processes import announce_ready, run_event_loop, wait_for_stop_signal
+from bench.processes import run_event_loop, wait_for_stop_signal
 from gateway.faults import FaultError
 from gateway.rest import forwardable_headers
+from jisr.processes import announce_ready
 from security_server.tls import pinned_client_context, server_context
 from trust_services.http_server import serve_app
 

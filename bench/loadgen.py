@@ -37,7 +37,8 @@ from typing import Any, Final
 import aiohttp
 
 from bench.errors import BenchError
-from bench.processes import Children, announce_ready, python_argv, run_event_loop
+from bench.processes import Children, run_event_loop
+from jisr.processes import announce_ready, python_argv
 
 #: Histogram resolution: buckets per natural-log unit of microseconds (about 1 % wide).
 _BUCKETS_PER_E: Final = 100

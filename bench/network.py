@@ -26,10 +26,8 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import os
-import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,7 +35,6 @@ import aiohttp
 import asyncpg
 
 from bench.errors import BenchError
-from bench.processes import Child, Children
 from bench.scenarios import (
     ECHO_SERVICE_CODE,
     SMALL_SERVICE_CODE,
@@ -49,9 +46,8 @@ from config.errors import JisrError
 from gateway.identifiers import SecurityServerId, SubsystemId
 from jisr.demo.members import DemoNode
 from jisr.demo.network import embedded_postgres, registry, trust_services
-from jisr.demo.nodes import CatalogueSetUp, set_up_node, wait_until_published
+from jisr.demo.nodes import CatalogueSetUp, running_nodes, set_up_node, wait_until_published
 from security_server.catalogue_store import CatalogueStore
-from security_server.node_dir import NodeDir
 
 #: Passphrase of the benchmark nodes' keys: throw-away keys of one run, never printed.
 NODE_PASSPHRASE: Final = "jisr-bench-only-passphrase"  # noqa: S105 (a published bench value)
@@ -60,8 +56,6 @@ PROVIDER_SERVER: Final = SecurityServerId.parse("IQ/GOV/NDC/ss1")
 PARTIES: Final = Parties(
     SubsystemId.parse("IQ/GOV/HJC/inheritance"), SubsystemId.parse("IQ/GOV/NDC/population")
 )
-#: How often the benchmark's nodes poll the registry (the default is 60 s).
-CONF_POLL_S: Final = 5
 READY_TIMEOUT_S: Final = 180.0
 #: Longest wait for the last timestamping batch after the load (the default interval is 60 s).
 TIMESTAMP_WAIT_S: Final = 180.0
@@ -247,48 +241,9 @@ def _postmaster_pid(data_dir: Path) -> int | None:
         return None
 
 
-def _serve_argv(directory: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "jisr",
-        "--log-format",
-        "json",
-        "node",
-        "serve",
-        "--data-dir",
-        str(directory),
-    ]
-
-
-async def _start_node(
-    children: Children,
-    name: str,
-    directory: Path,
-    url: str,
-    directions: tuple[str, str],
-    started: list[Child],
-) -> RunningNodeProcess:
-    env: Mapping[str, str] = {
-        **os.environ,
-        "JISR_NODE_KEY_PASSPHRASE": NODE_PASSPHRASE,
-        "JISR_NODE_CONF_POLL_S": str(CONF_POLL_S),
-    }
-    node = NodeDir(directory)
-    child = await children.start(
-        f"{name}-node",
-        _serve_argv(directory),
-        env=env,
-        ready_file=node.endpoints_file,
-        ready_timeout_s=READY_TIMEOUT_S,
-    )
-    started.append(child)
-    return RunningNodeProcess(name, directory, url, child.pid, child.ready, directions)
-
-
 @contextlib.asynccontextmanager
 async def node_network(
-    children: Children, data_dir: Path, service_url: str
+    data_dir: Path, service_url: str, log_dir: Path
 ) -> AsyncIterator[NodeNetwork]:
     """Start the registry, trust services and both nodes; stop them when the block ends."""
     now = dt.datetime.now(dt.UTC)
@@ -317,15 +272,6 @@ async def node_network(
                     database_prefix="bench_",
                     actor=_ACTOR,
                 )
-            started: list[Child] = []
-
-            async def stop_nodes() -> None:
-                # The nodes stop before the registry, trust services and PostgreSQL they use,
-                # also when the network fails to come up.
-                for child in reversed(started):
-                    await children.stop(child)
-
-            stack.push_async_callback(stop_nodes)
             for name in urls:
                 await wait_until_published(
                     data_dir / f"node-{name}",
@@ -333,25 +279,30 @@ async def node_network(
                     session,
                     timeout_s=READY_TIMEOUT_S,
                 )
-            consumer = await _start_node(
-                children,
-                "consumer",
-                data_dir / "node-consumer",
-                urls["consumer"],
-                _CONSUMER_DIRECTIONS,
-                started,
+            # Entered last, so the nodes stop before the registry, trust services and
+            # PostgreSQL they use, also when the network fails to come up.
+            running = await stack.enter_async_context(
+                running_nodes(
+                    [(spec, data_dir / f"node-{spec.name}") for spec in (_CONSUMER, _PROVIDER)],
+                    log_dir,
+                    passphrase=NODE_PASSPHRASE,
+                    ready_timeout_s=READY_TIMEOUT_S,
+                )
             )
-            provider = await _start_node(
-                children,
-                "provider",
-                data_dir / "node-provider",
-                urls["provider"],
-                _PROVIDER_DIRECTIONS,
-                started,
+            consumer, provider = (
+                RunningNodeProcess(
+                    node.spec.name,
+                    node.directory,
+                    urls[node.spec.name],
+                    node.process.pid,
+                    node.endpoints,
+                    directions,
+                )
+                for node, directions in zip(
+                    running, (_CONSUMER_DIRECTIONS, _PROVIDER_DIRECTIONS), strict=True
+                )
             )
-            probe_calls = await _probe(
-                str(consumer.endpoints["client_http"]), session, children.log_dir
-            )
+            probe_calls = await _probe(str(consumer.endpoints["client_http"]), session, log_dir)
             logged = await _has_message_log(urls["consumer"]) and await _has_message_log(
                 urls["provider"]
             )

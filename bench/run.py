@@ -35,11 +35,12 @@ from bench.errors import BenchError
 from bench.loadgen import LoadResult, LoadSpec, run_load
 from bench.network import NodeNetwork, NodesUnavailable, node_network
 from bench.process_stats import PeakRss, cpu_between, cpu_snapshot
-from bench.processes import PROJECT_ROOT, Children, python_argv, run_event_loop
+from bench.processes import PROJECT_ROOT, Children, run_event_loop
 from bench.report import format_table, loadgen_warnings, machine_info, ratio, write_results
 from bench.scenarios import SCENARIOS, node_spec, service_spec
 from config.errors import JisrError
 from config.logging import configure_logging
+from jisr.processes import python_argv
 
 DEFAULT_OUTPUT = PROJECT_ROOT / "bench" / "results" / "latest.json"
 
@@ -216,7 +217,7 @@ async def _run_paths(
             _say("starting the registry, trust services and two nodes ...")
             try:
                 nodes = await node_stack.enter_async_context(
-                    node_network(children, data_dir, service.url)
+                    node_network(data_dir, service.url, children.log_dir)
                 )
                 results["nodes"] = "ran"
                 results["message_log"] = nodes.message_log

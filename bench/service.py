@@ -23,10 +23,11 @@ from typing import Final
 from aiohttp import web
 from lxml import etree
 
-from bench.processes import announce_ready, run_event_loop, wait_for_stop_signal
+from bench.processes import run_event_loop, wait_for_stop_signal
 from gateway.faults import FaultError
 from gateway.soap import build_response, parse_soap_request
 from gateway.soap_fault import SOAP_FAULT_HTTP_STATUS, soap_fault
+from jisr.processes import announce_ready
 from trust_services.http_server import serve_app
 
 #: Largest request body the service reads: the 100 KB scenario with room to spare.

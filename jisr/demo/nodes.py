@@ -9,7 +9,7 @@ Rules:
   ministry runs it; it is ready when it has written ``DIR/run/endpoints.json``. Its output goes
   to ``<data dir>/logs/<node>.log``.
 - Processes run in their own session and are stopped with SIGTERM (SIGKILL after a grace
-  period), last started first, whatever ends the demo.
+  period), last started first, whatever ends the demo (:mod:`jisr.processes`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import os
-import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -44,6 +41,7 @@ from jisr.demo.members import (
     DemoNode,
 )
 from jisr.demo.network import DEMO_PASSPHRASE, TrustServices, fresh_database
+from jisr.processes import ChildProcess, ChildProcesses, python_argv
 from security_server.catalogue_store import CatalogueStore
 from security_server.conf_client import ConfClient
 from security_server.node_dir import NodeDir
@@ -58,7 +56,6 @@ from security_server.registration import client_request, register_server
 from storage.database import open_pool
 
 READY_TIMEOUT_S = 90.0
-STOP_GRACE_S = 10.0
 CONF_POLL_S = 5
 _ACTOR = "demo"
 
@@ -223,94 +220,41 @@ async def wait_until_published(
         await asyncio.sleep(0.3)
 
 
-def _read_endpoints(path: Path) -> dict[str, Any]:
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(path.read_text("utf-8"))
-        if isinstance(data, dict):
-            return data
-    return {}
-
-
-async def _wait_for_endpoints(path: Path, process: asyncio.subprocess.Process) -> dict[str, Any]:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline and process.returncode is None:
-        found = _read_endpoints(path)
-        if found:
-            return found
-        await asyncio.sleep(0.1)
-    return {}
-
-
-async def _stop(running: NodeProcess) -> None:
-    process = running.process
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(process.wait()), STOP_GRACE_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text("utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+def _serve_argv(directory: Path) -> list[str]:
+    """``jisr node serve`` for the node in ``directory``, logging JSON lines."""
+    return python_argv(
+        "jisr", "--log-format", "json", "node", "serve", "--data-dir", str(directory)
+    )
 
 
 @contextlib.asynccontextmanager
 async def running_nodes(
-    nodes: Sequence[tuple[DemoNode, Path]], log_dir: Path
+    nodes: Sequence[tuple[DemoNode, Path]],
+    log_dir: Path,
+    *,
+    passphrase: str = DEMO_PASSPHRASE,
+    ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> AsyncIterator[list[NodeProcess]]:
     """Start ``jisr node serve`` for each node; stop them all when the block ends."""
-    os.makedirs(log_dir, exist_ok=True)
     env = dict(os.environ)
     env.update(
         {
-            "JISR_NODE_KEY_PASSPHRASE": DEMO_PASSPHRASE,
+            "JISR_NODE_KEY_PASSPHRASE": passphrase,
             "JISR_NODE_CONF_POLL_S": str(CONF_POLL_S),
             "PYTHONUNBUFFERED": "1",
         }
     )
     env.pop("JISR_CONFIG", None)
-    started: list[NodeProcess] = []
-    try:
+    async with ChildProcesses(log_dir) as children:
+        started: list[tuple[NodeProcess, ChildProcess]] = []
         for spec, directory in nodes:
-            log_path = log_dir / f"node-{spec.name}.log"
-            with log_path.open("wb") as log_file:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "jisr",
-                    "--log-format",
-                    "json",
-                    "node",
-                    "serve",
-                    "--data-dir",
-                    str(directory),
-                    env=env,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            started.append(NodeProcess(spec, directory, process, log_path, {}))
-        for running in started:
-            endpoints = await _wait_for_endpoints(
-                NodeDir(running.directory).endpoints_file, running.process
+            child = await children.spawn(
+                f"node-{spec.name}",
+                _serve_argv(directory),
+                env=env,
+                ready_file=NodeDir(directory).endpoints_file,
             )
-            if not endpoints:
-                raise ConfigError(
-                    f"node {running.spec.server_id} did not start; the end of its log "
-                    f"({running.log_path}):\n{_tail(running.log_path)}"
-                )
-            running.endpoints = endpoints
-        yield started
-    finally:
-        for running in reversed(started):
-            await _stop(running)
+            started.append((NodeProcess(spec, directory, child.process, child.log_path, {}), child))
+        for running, child in started:
+            running.endpoints = await children.wait_ready(child, ready_timeout_s)
+        yield [running for running, _child in started]

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from bench.processes import Children, python_argv
 from bench.report import SCENARIO_KEYS, TOP_KEYS, format_table, loadgen_warnings
 from bench.run import BenchOptions, parse_options, run_bench
 from bench.scenarios import SCENARIOS
-from config.errors import JisrError
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").exists() and " Z " not in Path(f"/proc/{pid}/stat").read_text()
 
 
 @pytest.mark.e2e
@@ -58,32 +47,6 @@ async def test_run_without_nodes_writes_the_result_file(tmp_path: Path) -> None:
         assert name in table
     for log in (tmp_path / "run" / "logs").glob("*.log"):
         assert "Traceback" not in log.read_text("utf-8"), log
-
-
-@pytest.mark.e2e
-async def test_children_are_stopped_when_the_block_fails(tmp_path: Path) -> None:
-    pids: list[int] = []
-
-    async def start_two_then_fail() -> None:
-        async with Children(tmp_path) as children:
-            for name in ("one", "two"):
-                child = await children.start(name, python_argv("bench.service"))
-                pids.append(child.pid)
-            raise RuntimeError("on purpose")
-
-    with pytest.raises(RuntimeError, match="on purpose"):
-        await start_two_then_fail()
-    assert len(pids) == 2
-    assert not any(_alive(pid) for pid in pids)
-
-
-@pytest.mark.e2e
-async def test_a_child_that_dies_before_it_is_ready_is_reported(tmp_path: Path) -> None:
-    async with Children(tmp_path) as children:
-        with pytest.raises(JisrError, match="before it was ready") as caught:
-            await children.start("broken", python_argv("bench.no_such_module"))
-        assert "No module named" in str(caught.value)
-        assert children.started == []
 
 
 def test_refuses_an_unknown_scenario() -> None:
