@@ -20,10 +20,30 @@ from multidict import CIMultiDict
 from gateway.soap_fault import parse_soap_fault
 from jisr.demo.exchanges import LIVING_CITIZEN
 from jisr.demo.members import INHERITANCE
+from tests.e2e.extra_services import ECHO_REST, ECHO_SOAP, EXTRA_NS
 from tests.e2e.network import E2eNetwork, RunningNodeInfo
 
 POPULATION_NS = "urn:jisr:iq:gov:ndc:population"
 CITIZEN_SERVICE = "/r1/IQ/GOV/NDC/population/getCitizen"
+ECHO_SERVICE = f"/r1/IQ/GOV/NDC/population/{ECHO_REST}"
+
+#: Hostile XML: an entity expansion bomb and an external entity, each in a SOAP envelope.
+BILLION_LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [
+  <!ENTITY lol "lol">
+  <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+  <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+  <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+]>
+<SOAP-ENV:Envelope xmlns:SOAP-ENV="http://schemas.xmlsoap.org/soap/envelope/">
+<SOAP-ENV:Body><lolz>&lol4;</lolz></SOAP-ENV:Body></SOAP-ENV:Envelope>
+"""
+
+EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
+<!DOCTYPE Envelope [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<SOAP-ENV:Envelope xmlns:SOAP-ENV="http://schemas.xmlsoap.org/soap/envelope/">
+<SOAP-ENV:Body><x>&xxe;</x></SOAP-ENV:Body></SOAP-ENV:Envelope>
+"""
 
 
 def soap_envelope(
@@ -69,6 +89,13 @@ def soap_envelope(
   </SOAP-ENV:Body>
 </SOAP-ENV:Envelope>
 """.encode()
+
+
+def echo_envelope(**changes: str) -> bytes:
+    """A SOAP request to the extra SOAP echo service, so a test can see whether it arrived."""
+    return soap_envelope(
+        service_code=ECHO_SOAP, namespace=EXTRA_NS, body=f"<p:{ECHO_SOAP}/>", **changes
+    )
 
 
 @dataclasses.dataclass(frozen=True)

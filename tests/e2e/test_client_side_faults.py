@@ -14,14 +14,19 @@ from multidict import CIMultiDict
 from jisr.demo.exchanges import LIVING_CITIZEN
 from jisr.demo.members import INHERITANCE, PENSIONS
 from tests.e2e.calls import (
+    BILLION_LAUGHS,
     CITIZEN_SERVICE,
+    ECHO_SERVICE,
+    EXTERNAL_ENTITY,
     assert_still_serving,
     call,
+    echo_envelope,
     rest,
     soap,
     soap_envelope,
 )
 from tests.e2e.extra_services import (
+    ECHO_SOAP,
     EXTRA_NS,
     GARBAGE_SOAP,
     SLOW_REST,
@@ -32,23 +37,6 @@ from tests.e2e.network import MAX_BODY_BYTES, E2eNetwork
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="package")]
 
 CITIZEN = f"{CITIZEN_SERVICE}/citizens/{LIVING_CITIZEN}"
-
-BILLION_LAUGHS = b"""<?xml version="1.0"?>
-<!DOCTYPE lolz [
-  <!ENTITY lol "lol">
-  <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
-  <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
-  <!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
-]>
-<SOAP-ENV:Envelope xmlns:SOAP-ENV="http://schemas.xmlsoap.org/soap/envelope/">
-<SOAP-ENV:Body><lolz>&lol4;</lolz></SOAP-ENV:Body></SOAP-ENV:Envelope>
-"""
-
-EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
-<!DOCTYPE Envelope [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
-<SOAP-ENV:Envelope xmlns:SOAP-ENV="http://schemas.xmlsoap.org/soap/envelope/">
-<SOAP-ENV:Body><x>&xxe;</x></SOAP-ENV:Body></SOAP-ENV:Envelope>
-"""
 
 
 def _replace(data: bytes, old: bytes, new: bytes) -> bytes:
@@ -69,7 +57,7 @@ def _without(data: bytes, start: bytes, end: bytes) -> bytes:
     ("body", "code", "named"),
     [
         pytest.param(
-            soap_envelope()[:400], "Client.InvalidSoap", "not well-formed XML", id="malformed-xml"
+            echo_envelope()[:400], "Client.InvalidSoap", "not well-formed XML", id="malformed-xml"
         ),
         pytest.param(
             BILLION_LAUGHS, "Client.InvalidXml", "document type declaration", id="xml-bomb"
@@ -81,31 +69,31 @@ def _without(data: bytes, start: bytes, end: bytes) -> bytes:
             id="external-entity",
         ),
         pytest.param(
-            _without(soap_envelope(), b"<xrd:client", b"</xrd:client>"),
+            _without(echo_envelope(), b"<xrd:client", b"</xrd:client>"),
             "Client.MissingHeaderField",
             "lacks xrd:client",
             id="missing-client-header",
         ),
         pytest.param(
-            _without(soap_envelope(), b"<SOAP-ENV:Header>", b"</SOAP-ENV:Header>"),
+            _without(echo_envelope(), b"<SOAP-ENV:Header>", b"</SOAP-ENV:Header>"),
             "Client.MissingHeader",
             "has no Header",
             id="missing-header",
         ),
         pytest.param(
-            _replace(soap_envelope(), b"<xrd:id>", b"<xrd:id>twice</xrd:id>\n    <xrd:id>"),
+            _replace(echo_envelope(), b"<xrd:id>", b"<xrd:id>twice</xrd:id>\n    <xrd:id>"),
             "Client.DuplicateHeaderField",
             "contains id more than once",
             id="duplicated-header",
         ),
         pytest.param(
-            soap_envelope(protocol_version="3.1"),
+            echo_envelope(protocol_version="3.1"),
             "Client.InvalidProtocolVersion",
             "'3.1'",
             id="wrong-protocol-version",
         ),
         pytest.param(
-            soap_envelope(client_subsystem="in heritance!"),
+            echo_envelope(client_subsystem="in heritance!"),
             "Client.InvalidClientIdentifier",
             "in heritance!",
             id="illegal-identifier-characters",
@@ -224,7 +212,7 @@ async def test_refuses_a_body_over_the_size_limit(network: E2eNetwork) -> None:
     before = len(network.extras.received)
     reply = await rest(
         network.consumer,
-        f"{CITIZEN_SERVICE}/citizens",
+        f"{ECHO_SERVICE}/documents",
         "POST",
         headers={"Content-Type": "application/octet-stream"},
         data=b"x" * (MAX_BODY_BYTES + 1),
@@ -232,7 +220,12 @@ async def test_refuses_a_body_over_the_size_limit(network: E2eNetwork) -> None:
     assert (reply.status, reply.error) == (413, "Client.RequestTooLarge"), reply
     assert f"over this node's limit of {MAX_BODY_BYTES} bytes" in reply.fault_message
     padding = "<!--" + "x" * MAX_BODY_BYTES + "-->"
-    reply = await soap(network.consumer, soap_envelope(body=padding + "<p:getCitizen/>"))
+    reply = await soap(
+        network.consumer,
+        soap_envelope(
+            service_code=ECHO_SOAP, namespace=EXTRA_NS, body=padding + f"<p:{ECHO_SOAP}/>"
+        ),
+    )
     assert reply.fault_code == "Client.RequestTooLarge", reply
     assert f"over this node's limit of {MAX_BODY_BYTES} bytes" in reply.fault_message
     assert len(network.extras.received) == before
