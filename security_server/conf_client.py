@@ -45,6 +45,7 @@ from gateway.globalconf import (
     verify_globalconf,
 )
 from security_server.node_dir import write_atomically
+from trust_services.http_messages import read_limited
 
 log = structlog.get_logger(__name__)
 
@@ -229,14 +230,10 @@ class ConfClient:
                     raise ConfDownloadError(
                         f"the configuration source answered HTTP {resp.status} for {what} ({url})"
                     )
-                if resp.content_length is not None and resp.content_length > limit:
+                body = await read_limited(resp, limit)
+                if body is None:
                     raise ConfDownloadError(f"{what} at {url} is larger than {limit} bytes")
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    body += chunk
-                    if len(body) > limit:
-                        raise ConfDownloadError(f"{what} at {url} is larger than {limit} bytes")
-                return bytes(body)
+                return body
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ConfDownloadError(
                 f"cannot download {what} from {url}: {exc.__class__.__name__} {exc}".rstrip()

@@ -37,6 +37,7 @@ from certs.ocsp import (
     request_nonce,
     verify_response,
 )
+from trust_services.http_messages import post_query
 from trust_services.ocsp_server import CONTENT_TYPE_REQUEST, CONTENT_TYPE_RESPONSE
 
 __all__ = [
@@ -75,39 +76,17 @@ async def fetch_ocsp(
     default a request without nonce is built, which responders may answer from their cache.
     """
     der = request_der if request_der is not None else build_request(cert, issuer, nonce=False)
-    try:
-        async with session.post(
-            url,
-            data=der,
-            headers={"Content-Type": CONTENT_TYPE_REQUEST, "Accept": CONTENT_TYPE_RESPONSE},
-            timeout=aiohttp.ClientTimeout(total=request_timeout.total_seconds()),
-        ) as resp:
-            if resp.status != 200:
-                raise OcspError(
-                    f"the OCSP responder at {url} answered HTTP {resp.status}; check the "
-                    "responder URL and that it is running"
-                )
-            if resp.content_type != CONTENT_TYPE_RESPONSE:
-                raise OcspError(
-                    f"the OCSP responder at {url} answered {resp.content_type!r}, not "
-                    f"{CONTENT_TYPE_RESPONSE}; check the responder URL"
-                )
-            return await _read_limited(resp, url)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise OcspError(
-            f"cannot reach the OCSP responder at {url}: {exc.__class__.__name__} {exc}".rstrip()
-        ) from exc
-
-
-async def _read_limited(resp: aiohttp.ClientResponse, url: str) -> bytes:
-    if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
-        raise OcspError(f"the OCSP response from {url} exceeds {MAX_RESPONSE_BYTES} bytes")
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(16 * 1024):
-        body += chunk
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise OcspError(f"the OCSP response from {url} exceeds {MAX_RESPONSE_BYTES} bytes")
-    return bytes(body)
+    return await post_query(
+        session,
+        url,
+        der,
+        content_type=CONTENT_TYPE_REQUEST,
+        answer_types=(CONTENT_TYPE_RESPONSE,),
+        limit=MAX_RESPONSE_BYTES,
+        request_timeout=request_timeout,
+        service="OCSP responder",
+        error=OcspError,
+    )
 
 
 async def fetch_verdict(

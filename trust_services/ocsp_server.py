@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from certs.ocsp import MAX_REQUEST_BYTES, OcspResponder
+from trust_services.http_messages import read_request_body, request_too_large
 
 __all__ = ["CONTENT_TYPE_REQUEST", "CONTENT_TYPE_RESPONSE", "ocsp_app"]
 
@@ -32,6 +33,7 @@ CONTENT_TYPE_RESPONSE = "application/ocsp-response"
 
 Clock = Callable[[], dt.datetime]
 
+_WHAT = "OCSP request"
 _RESPONDER = web.AppKey("ocsp_responder", OcspResponder)
 _CLOCK: web.AppKey[Clock] = web.AppKey("ocsp_clock")
 
@@ -56,24 +58,16 @@ def ocsp_app(responder: OcspResponder, *, clock: Clock = _utc_now) -> web.Applic
 
 
 async def _handle_post(request: web.Request) -> web.Response:
-    if request.content_type != CONTENT_TYPE_REQUEST:
-        return web.Response(
-            status=415,
-            text=f"send the OCSP request with Content-Type {CONTENT_TYPE_REQUEST}\n",
-        )
-    if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
-        return _too_large()
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _too_large()
+    body = await read_request_body(
+        request, content_type=CONTENT_TYPE_REQUEST, limit=MAX_REQUEST_BYTES, what=_WHAT
+    )
     return _answer(request, body, "POST")
 
 
 async def _handle_get(request: web.Request) -> web.Response:
     encoded = request.match_info["encoded"]
     if len(encoded) > MAX_REQUEST_BYTES * 2:
-        return _too_large()
+        raise request_too_large(request, MAX_REQUEST_BYTES, _WHAT)
     try:
         der = _decode_get_path(encoded)
     except (ValueError, binascii.Error):
@@ -103,7 +97,3 @@ def _answer(request: web.Request, der: bytes, method: str) -> web.Response:
         content_type=CONTENT_TYPE_RESPONSE,
         headers={"Cache-Control": "no-store"} if method == "POST" else None,
     )
-
-
-def _too_large() -> web.Response:
-    return web.Response(status=413, text=f"the OCSP request exceeds {MAX_REQUEST_BYTES} bytes\n")

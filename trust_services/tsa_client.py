@@ -26,6 +26,7 @@ from certs.tsa import (
     new_nonce,
     parse_response,
 )
+from trust_services.http_messages import post_query
 from trust_services.tsa_server import CONTENT_TYPE_REPLY, CONTENT_TYPE_REQUEST
 
 __all__ = ["DEFAULT_TIMEOUT", "request_timestamp", "request_token"]
@@ -33,7 +34,7 @@ __all__ = ["DEFAULT_TIMEOUT", "request_timestamp", "request_token"]
 DEFAULT_TIMEOUT = dt.timedelta(seconds=10)
 
 #: Reply types accepted: RFC 3161's, and the one some older TSAs send.
-_REPLY_TYPES = frozenset({CONTENT_TYPE_REPLY, "application/timestamp-response"})
+_REPLY_TYPES = (CONTENT_TYPE_REPLY, "application/timestamp-response")
 
 
 async def request_token(
@@ -56,28 +57,17 @@ async def request_token(
         cert_req=cert_req,
         policy_oid=policy_oid,
     )
-    try:
-        async with session.post(
-            url,
-            data=request,
-            headers={"Content-Type": CONTENT_TYPE_REQUEST, "Accept": CONTENT_TYPE_REPLY},
-            timeout=aiohttp.ClientTimeout(total=request_timeout.total_seconds()),
-        ) as resp:
-            if resp.status != 200:
-                raise TimestampError(
-                    f"the TSA at {url} answered HTTP {resp.status}; check the TSA URL and that "
-                    "the TSA is running"
-                )
-            if resp.content_type not in _REPLY_TYPES:
-                raise TimestampError(
-                    f"the TSA at {url} answered {resp.content_type!r}, not {CONTENT_TYPE_REPLY}; "
-                    "check the TSA URL"
-                )
-            reply = await _read_limited(resp, url)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise TimestampError(
-            f"cannot reach the TSA at {url}: {exc.__class__.__name__} {exc}".rstrip()
-        ) from exc
+    reply = await post_query(
+        session,
+        url,
+        request,
+        content_type=CONTENT_TYPE_REQUEST,
+        answer_types=_REPLY_TYPES,
+        limit=MAX_RESPONSE_BYTES,
+        request_timeout=request_timeout,
+        service="TSA",
+        error=TimestampError,
+    )
     try:
         return parse_response(reply, request)
     except TimestampError as exc:
@@ -110,16 +100,3 @@ async def request_timestamp(
         request_timeout=request_timeout,
     )
     return token.der
-
-
-async def _read_limited(resp: aiohttp.ClientResponse, url: str) -> bytes:
-    if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
-        raise TimestampError(f"the reply of the TSA at {url} exceeds {MAX_RESPONSE_BYTES} bytes")
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(16 * 1024):
-        body += chunk
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise TimestampError(
-                f"the reply of the TSA at {url} exceeds {MAX_RESPONSE_BYTES} bytes"
-            )
-    return bytes(body)

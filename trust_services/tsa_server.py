@@ -29,6 +29,7 @@ from aiohttp import web
 
 from certs.tsa import MAX_REQUEST_BYTES, TimestampAuthority, TimestampError, rejection
 from config.errors import ConfigError
+from trust_services.http_messages import read_request_body
 
 __all__ = [
     "CONTENT_TYPE_REPLY",
@@ -138,17 +139,12 @@ def tsa_app(
 
 
 async def _handle_post(request: web.Request) -> web.Response:
-    if request.content_type != CONTENT_TYPE_REQUEST:
-        return web.Response(
-            status=415,
-            text=f"send the timestamp request with Content-Type {CONTENT_TYPE_REQUEST}\n",
-        )
-    if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
-        return _too_large()
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _too_large()
+    body = await read_request_body(
+        request,
+        content_type=CONTENT_TYPE_REQUEST,
+        limit=MAX_REQUEST_BYTES,
+        what="timestamp request",
+    )
     app = request.app
     try:
         serial = app[_SERIALS].next()
@@ -159,9 +155,3 @@ async def _handle_post(request: web.Request) -> web.Response:
     else:
         _log.debug("tsa_answered", remote=request.remote, serial=serial, size=len(body))
     return web.Response(body=reply, content_type=CONTENT_TYPE_REPLY)
-
-
-def _too_large() -> web.Response:
-    return web.Response(
-        status=413, text=f"a timestamp request is at most {MAX_REQUEST_BYTES} bytes\n"
-    )
