@@ -175,11 +175,19 @@ async def soap(
     )
 
 
+def _with_logs(network: E2eNetwork, reply: Reply) -> str:
+    tails = "\n".join(
+        f"--- {node.spec.server_id}:\n{node.log_tail()}"
+        for node in (network.consumer, network.provider)
+    )
+    return f"{reply}\n{tails}"
+
+
 async def assert_still_serving(network: E2eNetwork) -> None:
     """The consumer node still relays a good REST and a good SOAP call to the provider."""
     reply = await rest(network.consumer, f"{CITIZEN_SERVICE}/citizens/{LIVING_CITIZEN}")
-    assert reply.status == 200, reply
+    assert reply.status == 200, _with_logs(network, reply)
     assert json.loads(reply.body)["nationalId"] == LIVING_CITIZEN
     reply = await soap(network.consumer, soap_envelope())
-    assert reply.status == 200, reply
+    assert reply.status == 200, _with_logs(network, reply)
     assert LIVING_CITIZEN.encode() in reply.body

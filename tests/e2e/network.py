@@ -77,6 +77,7 @@ class RunningNodeInfo:
     directory: Path
     database_url: str
     endpoints: dict[str, Any]
+    log_path: Path
 
     @property
     def client_url(self) -> str:
@@ -89,6 +90,14 @@ class RunningNodeInfo:
     @property
     def node_dir(self) -> NodeDir:
         return NodeDir(self.directory)
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The end of the node process's output, to show beside a failed assertion."""
+        try:
+            text = self.log_path.read_text("utf-8", errors="replace")
+        except OSError as exc:
+            return f"(cannot read {self.log_path}: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclasses.dataclass
@@ -266,7 +275,7 @@ async def running_e2e_network(data_dir: Path) -> AsyncIterator[E2eNetwork]:
         processes = await stack.enter_async_context(running_nodes(layout, data_dir / "logs"))
         nodes = {
             p.spec.name: RunningNodeInfo(
-                p.spec, p.directory, database_urls[p.spec.name], p.endpoints
+                p.spec, p.directory, database_urls[p.spec.name], p.endpoints, p.log_path
             )
             for p in processes
         }

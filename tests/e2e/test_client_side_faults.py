@@ -148,12 +148,29 @@ async def test_refuses_a_rest_protocol_version_it_does_not_speak(network: E2eNet
     await assert_still_serving(network)
 
 
-async def test_refuses_a_rest_client_identifier_with_illegal_characters(
+async def test_refuses_rest_identifiers_with_illegal_characters(
     network: E2eNetwork,
 ) -> None:
     reply = await rest(network.consumer, CITIZEN, headers={"X-Road-Client": "IQ/GOV/HJC/in*her"})
     assert (reply.status, reply.error) == (400, "Client.InvalidClientIdentifier"), reply
     assert "'in*her'" in reply.fault_message
+    reply = await rest(network.consumer, "/r1/IQ/GOV/NDC/popu*lation/getCitizen/citizens/1")
+    assert (reply.status, reply.error) == (400, "Client.BadRequest"), reply
+    assert "subsystem code 'popu*lation'" in reply.fault_message
+    await assert_still_serving(network)
+
+
+async def test_a_client_repeating_a_message_id_is_refused_by_the_provider_node(
+    network: E2eNetwork,
+) -> None:
+    """The X-Road-Id is the transport's replay key: the second call with it is a replay."""
+    headers = {"X-Road-Id": "e2e-repeated-id"}
+    first = await rest(network.consumer, CITIZEN, headers=headers)
+    assert first.status == 200, first
+    again = await rest(network.consumer, CITIZEN, headers=headers)
+    assert (again.status, again.error) == (500, "Server.ServerProxy.DuplicateMessageId"), again
+    assert "message id 'e2e-repeated-id'" in again.fault_message
+    assert "was already received" in again.fault_message
     await assert_still_serving(network)
 
 
