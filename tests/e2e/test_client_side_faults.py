@@ -243,7 +243,7 @@ async def test_refuses_a_body_over_the_size_limit(network: E2eNetwork) -> None:
             service_code=ECHO_SOAP, namespace=EXTRA_NS, body=padding + f"<p:{ECHO_SOAP}/>"
         ),
     )
-    assert reply.fault_code == "Client.RequestTooLarge", reply
+    assert (reply.status, reply.fault_code) == (500, "Client.RequestTooLarge"), reply
     assert f"over this node's limit of {MAX_BODY_BYTES} bytes" in reply.fault_message
     assert len(network.extras.received) == before
     await assert_still_serving(network)
