@@ -2,14 +2,16 @@
 
 Rules: binding to port 0 lets the operating system choose a free port, and the URL that was
 actually bound is what the caller gets back, so tests and the demo never guess ports. The
-server is always cleaned up, also when the block raises or is cancelled.
+server is always cleaned up, also when the block raises or is cancelled. A server run as a
+command serves until an event is set (:func:`serve_until`; the command sets it on a signal).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -51,6 +53,20 @@ async def serve_app(
     finally:
         await runner.cleanup()
 
+
+
+async def serve_until(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    stop: asyncio.Event,
+    ready: Callable[[str], None],
+) -> None:
+    """Serve ``app`` until ``stop`` is set; ``ready`` receives the bound URL, ending in ``/``."""
+    async with serve_app(app, host, port) as url:
+        ready(url + "/")
+        await stop.wait()
 
 def _bound_url(runner: web.AppRunner, host: str, *, https: bool) -> str:
     addresses = runner.addresses

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import click
 from config.errors import JisrError
 from jisr.demo.network import DEFAULT_DATA_DIR
 from jisr.demo.run import run_demo
+from jisr.processes import stop_on_signals
 
 
 @click.command()
@@ -43,15 +43,12 @@ from jisr.demo.run import run_demo
 )
 def demo(data_dir: Path, once: bool, http_port: int, https_port: int) -> None:
     """Start the demo network: CA, OCSP, TSA, registry, nodes and sample services."""
-    stop = asyncio.Event()
 
     async def main() -> bool:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await run_demo(
-            data_dir, once=once, stop=stop, http_port=http_port, https_port=https_port
-        )
+        with stop_on_signals() as stop:
+            return await run_demo(
+                data_dir, once=once, stop=stop, http_port=http_port, https_port=https_port
+            )
 
     try:
         ok = asyncio.run(main())

@@ -11,77 +11,24 @@ it with ``--port 0`` and read where it listens.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from certs.errors import KeyStoreError
 from certs.ocsp import DEFAULT_VALIDITY, OcspResponder, StatusLookup
-from certs.signer import SigningKey, SoftwareSigner
-from config.errors import ConfigError
-from trust_services.http_server import serve_app
+from certs.signer import SoftwareSigner
+from jisr.commands.credential_files import load_certificate, load_private_key, passphrase_from_env
+from jisr.processes import stop_on_signals
+from trust_services.http_server import serve_until
 from trust_services.ocsp_server import ocsp_app
 
 __all__ = ["load_certificate", "load_responder", "ocsp", "run_responder"]
 
 _log = structlog.get_logger(__name__)
-
-#: Certificates and keys are a few KiB; anything far larger is the wrong file.
-_MAX_FILE_BYTES = 1024 * 1024
-
-
-def load_certificate(path: Path, what: str) -> x509.Certificate:
-    """A PEM (or DER) certificate from ``path``; ``what`` names it in error messages."""
-    try:
-        if path.stat().st_size > _MAX_FILE_BYTES:
-            raise ConfigError(f"{path} is too large to be a certificate ({what})")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} certificate {path}: {exc.strerror}") from exc
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a PEM or DER certificate ({what})") from exc
-
-
-def _load_key(path: Path, passphrase: bytes | None) -> SigningKey:
-    try:
-        if path.stat().st_size > _MAX_FILE_BYTES:
-            raise ConfigError(f"{path} is too large to be a private key")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the responder key {path}: {exc.strerror}") from exc
-    try:
-        if b"-----BEGIN" in data:
-            key = serialization.load_pem_private_key(data, passphrase)
-        else:
-            key = serialization.load_der_private_key(data, passphrase)
-    except TypeError as exc:
-        hint = (
-            "the key is encrypted: name the variable holding its passphrase with "
-            "--key-passphrase-env"
-            if passphrase is None
-            else "the key is not encrypted: drop --key-passphrase-env"
-        )
-        raise KeyStoreError(f"cannot load the responder key {path}: {hint}") from exc
-    except ValueError as exc:
-        raise KeyStoreError(
-            f"cannot load the responder key {path}: not a private key, or the passphrase is wrong"
-        ) from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise KeyStoreError(f"the responder key {path} must be an ECDSA or RSA key")
-    return key
 
 
 def load_responder(
@@ -95,7 +42,7 @@ def load_responder(
 ) -> OcspResponder:
     """An :class:`OcspResponder` from files, checking that key and certificates belong together."""
     cert = load_certificate(cert_path, "OCSP responder")
-    key = _load_key(key_path, passphrase)
+    key = load_private_key(key_path, passphrase, "responder key")
     return OcspResponder(
         issuer,
         SoftwareSigner(key, cert),
@@ -118,9 +65,7 @@ async def run_responder(
     ready: Callable[[str], None],
 ) -> None:
     """Serve ``responder`` until ``stop`` is set; ``ready`` receives the bound URL."""
-    async with serve_app(ocsp_app(responder), host, port) as url:
-        ready(url + "/")
-        await stop.wait()
+    await serve_until(ocsp_app(responder), host, port, stop=stop, ready=ready)
 
 
 def _ca_index(ca_dir: Path) -> tuple[StatusLookup, x509.Certificate]:
@@ -191,15 +136,7 @@ def serve(
     validity_s: int,
 ) -> None:
     """Answer OCSP requests (POST / and GET /<base64>) until interrupted."""
-    passphrase: bytes | None = None
-    if key_passphrase_env:
-        value = os.environ.get(key_passphrase_env)
-        if value is None:
-            raise ConfigError(
-                f"environment variable {key_passphrase_env} is not set; export the responder "
-                "key's passphrase in it"
-            )
-        passphrase = value.encode()
+    passphrase = passphrase_from_env(key_passphrase_env, "responder key")
     lookup, index_issuer = _ca_index(ca_dir)
     responder = load_responder(
         cert_path=cert_path,
@@ -213,15 +150,10 @@ def serve(
 
 
 async def _serve_until_signalled(responder: OcspResponder, host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # not available on every platform
-            loop.add_signal_handler(signum, stop.set)
-
     def ready(url: str) -> None:
         click.echo(f"OCSP responder listening on {url}", nl=True)
         _log.info("ocsp_responder_started", url=url)
 
-    await run_responder(responder, host, port, stop=stop, ready=ready)
+    with stop_on_signals() as stop:
+        await run_responder(responder, host, port, stop=stop, ready=ready)
     _log.info("ocsp_responder_stopped")

@@ -22,19 +22,19 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import click
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from config.errors import ConfigError, RegistryError
 from config.settings import Settings
 from jisr.cli import settings_of
+from jisr.commands.credential_files import load_certificates
+from jisr.processes import stop_on_signals
 from registry.conf_keys import (
     announce_new_key,
     export_anchor,
@@ -48,7 +48,6 @@ from registry.store import RegistryStore
 T = TypeVar("T")
 
 DEFAULT_API_KEY_ENV = "JISR_REGISTRY_API_KEY"
-_MAX_CERT_FILE = 1024 * 1024
 
 
 def _run(coro: Awaitable[T]) -> T:
@@ -74,20 +73,7 @@ async def _with_store(settings: Settings, action: Callable[[RegistryStore], Awai
 
 def _cert_b64(path: Path) -> str:
     """A certificate file (PEM or DER) as base64 DER for the API."""
-    try:
-        if path.stat().st_size > _MAX_CERT_FILE:
-            raise ConfigError(f"{path} is too large to be a certificate")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read certificate {path}: {exc.strerror}") from exc
-    try:
-        cert = (
-            x509.load_pem_x509_certificate(data)
-            if b"-----BEGIN" in data
-            else x509.load_der_x509_certificate(data)
-        )
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a PEM or DER certificate") from exc
+    cert = load_certificates(path, "certificate")[0]
     return base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
 
 
@@ -210,17 +196,10 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     settings = dataclasses.replace(settings, registry=reg)
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
+        with stop_on_signals() as stop:
             await run_registry(
                 settings, ready=lambda url: click.echo(f"registry listening on {url}"), stop=stop
             )
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
 
     asyncio.run(main())
 

@@ -10,78 +10,23 @@ is ready, so scripts can start it with ``--port 0`` and read where it listens.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 import structlog
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from certs.signer import SigningKey
 from certs.tsa import DEFAULT_POLICY_OID, TimestampAuthority
-from config.errors import ConfigError
-from trust_services.http_server import serve_app
+from jisr.commands.credential_files import load_certificates, load_private_key, passphrase_from_env
+from jisr.processes import stop_on_signals
+from trust_services.http_server import serve_until
 from trust_services.tsa_server import SerialNumbers, tsa_app
 
 __all__ = ["load_authority", "run_tsa", "tsa"]
 
 _log = structlog.get_logger(__name__)
 
-#: Certificates and keys are a few KiB; anything far larger is the wrong file.
-_MAX_FILE_BYTES = 1024 * 1024
 SERIAL_FILE_NAME = "serial"
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        if path.stat().st_size > _MAX_FILE_BYTES:
-            raise ConfigError(f"{path} is too large to be a {what}")
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
-
-
-def _load_certificates(path: Path, what: str) -> list[x509.Certificate]:
-    data = _read(path, what)
-    try:
-        if b"-----BEGIN" in data:
-            certs = x509.load_pem_x509_certificates(data)
-        else:
-            certs = [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a PEM or DER {what}") from exc
-    return certs
-
-
-def _load_key(path: Path, passphrase: bytes | None) -> SigningKey:
-    data = _read(path, "TSA key")
-    try:
-        if b"-----BEGIN" in data:
-            key = serialization.load_pem_private_key(data, passphrase)
-        else:
-            key = serialization.load_der_private_key(data, passphrase)
-    except TypeError as exc:
-        hint = (
-            "the key is encrypted: name the environment variable holding its passphrase with "
-            "--key-passphrase-env"
-            if passphrase is None
-            else "the key is not encrypted: drop --key-passphrase-env"
-        )
-        raise ConfigError(f"cannot load the TSA key {path}: {hint}") from exc
-    except ValueError as exc:
-        raise ConfigError(
-            f"cannot load the TSA key {path}: not a private key, or the passphrase is wrong"
-        ) from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise ConfigError(f"the TSA key {path} must be an ECDSA or RSA key")
-    if passphrase is None:
-        _log.warning("tsa_key_not_encrypted", key=str(path))
-    return key
 
 
 def load_authority(
@@ -95,9 +40,9 @@ def load_authority(
 ) -> TimestampAuthority:
     """A :class:`TimestampAuthority` from files; the certificate file may carry the chain
     after the TSA certificate, or ``chain_path`` may hold it."""
-    certs = _load_certificates(cert_path, "TSA certificate")
-    chain = certs[1:] + (_load_certificates(chain_path, "CA chain") if chain_path else [])
-    key = _load_key(key_path, passphrase)
+    certs = load_certificates(cert_path, "TSA certificate")
+    chain = certs[1:] + (load_certificates(chain_path, "CA chain") if chain_path else [])
+    key = load_private_key(key_path, passphrase, "TSA key")
     return TimestampAuthority(
         certs[0], key, policy_oid=policy_oid, chain=chain, accuracy_s=accuracy_s
     )
@@ -113,9 +58,7 @@ async def run_tsa(
     ready: Callable[[str], None],
 ) -> None:
     """Serve ``authority`` until ``stop`` is set; ``ready`` receives the bound URL."""
-    async with serve_app(tsa_app(authority, serials), host, port) as url:
-        ready(url + "/")
-        await stop.wait()
+    await serve_until(tsa_app(authority, serials), host, port, stop=stop, ready=ready)
 
 
 @click.group()
@@ -188,15 +131,7 @@ def serve(
     state_dir: Path | None,
 ) -> None:
     """Answer timestamp requests (POST / with application/timestamp-query) until interrupted."""
-    passphrase: bytes | None = None
-    if key_passphrase_env:
-        value = os.environ.get(key_passphrase_env)
-        if value is None:
-            raise ConfigError(
-                f"environment variable {key_passphrase_env} is not set; export the TSA key's "
-                "passphrase in it"
-            )
-        passphrase = value.encode()
+    passphrase = passphrase_from_env(key_passphrase_env, "TSA key")
     authority = load_authority(
         cert_path=cert_path,
         key_path=key_path,
@@ -216,17 +151,12 @@ def serve(
 async def _serve_until_signalled(
     authority: TimestampAuthority, serials: SerialNumbers, host: str, port: int
 ) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # not available on every platform
-            loop.add_signal_handler(signum, stop.set)
-
     def ready(url: str) -> None:
         click.echo(f"TSA listening on {url}", nl=True)
         _log.info(
             "tsa_started", url=url, policy=authority.policy_oid, serial_file=str(serials.path)
         )
 
-    await run_tsa(authority, serials, host, port, stop=stop, ready=ready)
+    with stop_on_signals() as stop:
+        await run_tsa(authority, serials, host, port, stop=stop, ready=ready)
     _log.info("tsa_stopped")
