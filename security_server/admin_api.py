@@ -519,6 +519,7 @@ def record_parts(record: LogRecord, archived_through: int) -> dict[str, Any]:
     document["record"] = json.loads(record.canonical_bytes())
     document["prev_hash"] = record.prev_hash.hex()
     document["parts"] = {
+        "record": _b64(record.canonical_bytes()),
         "signed_part": _b64(entry.signed_part),
         "body": None if entry.body is None else _b64(entry.body),
         "signature": _b64(entry.signature),

@@ -661,9 +661,13 @@ class Archiver:
                 )
                 f.flush()
                 os.fsync(f.fileno())
-            # Read back what was written: a store must never receive a damaged archive.
+            # Read back what was written: a store must never receive a damaged archive. The
+            # comparison is with the linking bytes, not the object: the file keeps times to the
+            # millisecond, while the clock and the messages' times carry microseconds.
             with ArchiveReader(str(path), label=linking.name) as reader:
-                if read_linking(reader) != linking:
+                if reader.linking_bytes() != linking_bytes or read_linking(reader) != (
+                    LinkingFile.from_bytes(linking_bytes)
+                ):
                     raise ArchiverError(f"archive {linking.name} did not read back as written")
         except BaseException:
             with contextlib.suppress(OSError):

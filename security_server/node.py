@@ -263,6 +263,89 @@ async def purge_periodically(
         await asyncio.sleep(interval_s)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ArchiveRun:
+    """What :func:`archive_node_log` did, and what it left for later."""
+
+    #: (archive name, where it is stored) of each archive written, oldest first.
+    written: list[tuple[str, str]]
+    #: Records timestamped by the pass run first (0 when none ran or none waited).
+    timestamped: int
+    #: Why that timestamping pass failed, if it did (the archives then stop before the gap).
+    timestamping_error: str | None
+    archived_through: int
+    #: Records after the last archive: still waiting for a timestamp, or in an open period.
+    unarchived: int
+    untimestamped: int
+
+
+async def archive_node_log(
+    node_dir: NodeDir,
+    *,
+    close_open_period: bool = False,
+    settings: Settings | None = None,
+    pool: asyncpg.Pool | None = None,
+    clock: Clock = utc_now,
+) -> ArchiveRun:
+    """``jisr node archive``: one archiving pass over the node's log, beside a running node or
+    without one (the passes take turns through the archive lock).
+
+    With ``close_open_period`` a timestamping pass runs first (with the global configuration
+    held in ``DIR/globalconf``), then the current period is archived too: everything logged so
+    far ends up in archives, unless a TSA did not answer.
+    """
+    from security_server.message_log import PostgresMessageLog
+    from security_server.timestamper import Timestamper
+
+    node_dir.require()
+    settings = settings or node_dir.load_settings()
+    if pool is None:
+        async with open_node_database(settings) as own_pool:
+            return await archive_node_log(
+                node_dir,
+                close_open_period=close_open_period,
+                settings=settings,
+                pool=own_pool,
+                clock=clock,
+            )
+    server_id = SecurityServerId.parse(settings.node.server_id)
+    message_log = PostgresMessageLog(pool, server_id, clock=clock)
+    timestamped, error = 0, None
+    if close_open_period:
+        from certs.tsa import TimestampError
+
+        async with aiohttp.ClientSession() as session:
+            conf = ConfClient(node_dir.globalconf_dir, node_dir.load_anchor(), clock=clock)
+            conf.load_cached()
+            try:
+                timestamped = await Timestamper(
+                    pool, conf, session, clock=clock
+                ).timestamp_pending()
+            except (TimestampError, StorageError) as exc:
+                error = exc.message
+                log.warning("timestamping before archiving failed", error=error)
+    archiver = build_archiver(settings, node_dir, message_log, pool, clock=clock)
+    await archiver.archive_once(close_open_period=close_open_period, wait=True)
+    through = await message_log.archived_through()
+    try:
+        row = await pool.fetchrow(
+            "SELECT count(*) AS unarchived, count(*) FILTER (WHERE batch_id IS NULL) AS waiting "
+            "FROM message_log WHERE seq > $1",
+            through,
+        )
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        raise StorageError(f"cannot count the records left to archive: {exc}") from exc
+    assert row is not None
+    return ArchiveRun(
+        written=list(archiver.written),
+        timestamped=timestamped,
+        timestamping_error=error,
+        archived_through=through,
+        unarchived=int(row["unarchived"]),
+        untimestamped=int(row["waiting"]),
+    )
+
+
 def approved_roots(conf: GlobalConf | None) -> tuple[x509.Certificate, ...]:
     """Every approved CA certificate (roots and intermediates) of the configuration."""
     if conf is None:
@@ -720,11 +803,13 @@ def run_blocking(node_dir: NodeDir, ready: Callable[[RunningNode], None]) -> Non
 __all__ = [
     "DATABASE_NAME",
     "MIGRATIONS",
+    "ArchiveRun",
     "Listener",
     "RunningNode",
     "approved_roots",
     "archive_directory",
     "archive_lock",
+    "archive_node_log",
     "archive_store",
     "build_archiver",
     "client_side_context",

@@ -6,7 +6,8 @@ passphrase comes from the environment variable the settings name
 (``JISR_NODE_KEY_PASSPHRASE`` by default), never from the command line, and is never printed.
 Catalogue commands (``add-client``, ``service``, ``access``, ``api-key``) write to the node
 database directly, with an audit row per change (actor ``cli:<user>``); a running node picks
-the change up within seconds.
+the change up within seconds. ``archive`` runs one archiving pass beside a running node (the
+passes take turns through a database lock) or without one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from gateway.identifiers import parse_client
 from jisr.cli import settings_of
 from security_server.catalogue import MAX_DESCRIPTION_BYTES
 from security_server.catalogue_store import CatalogueStore
-from security_server.node import RunningNode, open_node_database, run_blocking
+from security_server.node import RunningNode, archive_node_log, open_node_database, run_blocking
 from security_server.node_dir import NodeDir, load_pem_certificates, passphrase_from_env, read_small
 from security_server.node_keys import (
     add_member_key,
@@ -520,6 +521,38 @@ def api_key_create(ctx: click.Context, data_dir: Path | None, name: str | None, 
         return await store.create_api_key(_actor(), name, role)
 
     click.echo(_with_catalogue(_node_dir(ctx, data_dir), create))
+
+
+@node.command()
+@_DATA_DIR
+@click.option(
+    "--now",
+    "close_open_period",
+    is_flag=True,
+    help="Timestamp what waits, then archive the current period too, without waiting for it "
+    "to end (before maintenance, or to hand evidence over at once).",
+)
+@click.pass_context
+def archive(ctx: click.Context, data_dir: Path | None, close_open_period: bool) -> None:
+    """Archive the message log's closed periods (all timestamped records with --now)."""
+    node_dir = _node_dir(ctx, data_dir).require()
+    run = asyncio.run(archive_node_log(node_dir, close_open_period=close_open_period))
+    if run.timestamped:
+        click.echo(f"timestamped {run.timestamped} record(s)")
+    if run.timestamping_error:
+        click.echo(f"warning: timestamping failed: {run.timestamping_error}", err=True)
+    for name, location in run.written:
+        click.echo(f"wrote {name} -> {location}")
+    if not run.written:
+        click.echo("no archive written: no closed period with timestamped records")
+    click.echo(f"records archived through {run.archived_through}")
+    if run.unarchived:
+        reason = (
+            f"{run.untimestamped} of them wait for a timestamp"
+            if run.untimestamped
+            else "their period is still open (use --now to close it)"
+        )
+        click.echo(f"{run.unarchived} record(s) not archived yet: {reason}")
 
 
 @node.command()
