@@ -8,6 +8,8 @@ back through the consumer node unchanged.
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from multidict import CIMultiDict
 
@@ -222,6 +224,22 @@ async def test_client_without_an_access_right_is_refused_by_the_provider_node(
     await assert_still_serving(network)
 
 
+async def test_refuses_a_security_server_that_does_not_serve_the_provider(
+    network: E2eNetwork,
+) -> None:
+    for named in ("IQ/GOV/MOHESR/ss1", "IQ/GOV/NDC/ss7"):
+        reply = await rest(network.consumer, CITIZEN, headers={"X-Road-Security-Server": named})
+        assert (reply.status, reply.error) == (400, "Client.InvalidSecurityServer"), reply
+        assert f"node {named} does not serve provider IQ/GOV/NDC/population" in (
+            reply.fault_message
+        )
+    reply = await rest(
+        network.consumer, CITIZEN, headers={"X-Road-Security-Server": "IQ/GOV/NDC/ss1"}
+    )
+    assert reply.status == 200, reply
+    await assert_still_serving(network)
+
+
 # ---- sizes ------------------------------------------------------------------------------------
 
 
@@ -246,6 +264,31 @@ async def test_refuses_a_body_over_the_size_limit(network: E2eNetwork) -> None:
     assert (reply.status, reply.fault_code) == (500, "Client.RequestTooLarge"), reply
     assert f"over this node's limit of {MAX_BODY_BYTES} bytes" in reply.fault_message
     assert len(network.extras.received) == before
+    await assert_still_serving(network)
+
+
+async def test_a_body_of_exactly_the_limit_travels_and_an_oversized_answer_is_refused(
+    network: E2eNetwork,
+) -> None:
+    body = bytes(range(256)) * (MAX_BODY_BYTES // 256)
+    assert len(body) == MAX_BODY_BYTES
+    headers = {"Content-Type": "application/octet-stream"}
+    # ?quiet: the echo answers with the body's digest only
+    reply = await rest(
+        network.consumer, f"{ECHO_SERVICE}/scans?quiet", "POST", headers=headers, data=body
+    )
+    assert reply.status == 201, reply
+    assert reply.json()["body_sha256"] == hashlib.sha256(body).hexdigest()  # type: ignore[index]
+    assert network.extras.last("/echo/scans").body == body
+    # echoed in base64, the answer is a third larger than the provider node accepts
+    reply = await rest(
+        network.consumer, f"{ECHO_SERVICE}/scans", "POST", headers=headers, data=body
+    )
+    assert (reply.status, reply.error) == (
+        500,
+        "Server.ServerProxy.ServiceFailed.InvalidResponse",
+    ), reply
+    assert "the service's answer is larger than this node's limit" in reply.fault_message
     await assert_still_serving(network)
 
 
