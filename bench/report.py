@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from config.files import write_atomically
+
 #: Keys every scenario entry has (the issue's list).
 SCENARIO_KEYS: Final = (
     "rps",
@@ -82,10 +84,8 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
 
 
 def write_results(path: Path, results: Mapping[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    tmp.replace(path)
+    text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
+    write_atomically(path, text.encode("utf-8"))
     return path
 
 

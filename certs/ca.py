@@ -27,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ from certs.profiles import (
     profile_named,
 )
 from certs.status import CertStatus
+from config.files import write_atomically
 
 __all__ = [
     "MAX_CSR_BYTES",
@@ -127,26 +126,12 @@ def _read_index(path: Path) -> dict[int, IssuedRecord]:
     return {r.serial: r for r in records}
 
 
-def _write_atomically(path: Path, content: bytes, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_index(path: Path, records: dict[int, IssuedRecord]) -> None:
     doc = {
         "version": _LAYOUT_VERSION,
         "certificates": [records[s].to_json() for s in sorted(records)],
     }
-    _write_atomically(path, json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8"))
+    write_atomically(path, json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8"))
 
 
 def _load_cert(path: Path) -> x509.Certificate:
@@ -377,7 +362,7 @@ class CertificateAuthority:
 
         _write_index(directory / "index.json", {})
         meta = {"version": _LAYOUT_VERSION, "name": name, "intermediate": intermediate}
-        _write_atomically(directory / "ca.json", json.dumps(meta, indent=1).encode("utf-8"))
+        write_atomically(directory / "ca.json", json.dumps(meta, indent=1).encode("utf-8"))
         return cls(directory, root=root, issuer=issuer, issuer_key=issuer_key)
 
     @classmethod
@@ -499,7 +484,7 @@ class CertificateAuthority:
             builder = builder.add_extension(extension, critical)
         cert = _sign(builder, self._issuer_key)
 
-        _write_atomically(
+        write_atomically(
             self.directory / "issued" / f"{serial:x}.pem",
             cert.public_bytes(serialization.Encoding.PEM),
         )

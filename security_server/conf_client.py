@@ -35,6 +35,7 @@ import aiohttp
 import structlog
 
 from config.errors import JisrError
+from config.files import write_atomically
 from gateway.anchor import Anchor
 from gateway.globalconf import (
     MAX_DOCUMENT_BYTES,
@@ -44,7 +45,6 @@ from gateway.globalconf import (
     format_time,
     verify_globalconf,
 )
-from security_server.node_dir import write_atomically
 from trust_services.http_messages import read_limited
 
 log = structlog.get_logger(__name__)

@@ -33,7 +33,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -43,6 +42,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from config.errors import ConfigError
+
+# Re-exported: the node's modules write their files through the node directory's rules.
+from config.files import write_atomically as write_atomically
 from config.settings import Settings, load_settings
 from gateway.anchor import Anchor
 
@@ -58,22 +60,6 @@ MAX_SMALL_FILE = 1024 * 1024
 
 class NodeDirError(ConfigError):
     """The node's data directory is missing, incomplete or cannot be written."""
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new bytes only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_small(path: Path, what: str) -> bytes:

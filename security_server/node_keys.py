@@ -39,6 +39,7 @@ from certs.profiles import (
 )
 from certs.signer import Signer, SoftwareSigner
 from config.errors import PkiError
+from config.files import write_atomically
 from config.settings import NodeSettings
 from gateway.anchor import Anchor
 from gateway.faults import client_proxy_fault
@@ -51,7 +52,6 @@ from security_server.node_dir import (
     read_small,
     render_node_toml,
     sha256_fingerprint,
-    write_atomically,
 )
 from security_server.runtime import TlsFiles
 

@@ -30,8 +30,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
 from certs.ocsp import OcspCache, OcspError, OcspVerdict, verify_response
+from config.files import write_atomically
 from gateway.globalconf import GlobalConf
-from security_server.node_dir import write_atomically
 from trust_services.ocsp_client import OcspRefresher, OwnCertificate, fetch_verdict
 
 log = structlog.get_logger(__name__)

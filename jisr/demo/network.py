@@ -31,6 +31,7 @@ from certs.ca import CaIndex, CertificateAuthority
 from certs.keystore import SoftwareKeyStore
 from certs.ocsp import OcspResponder
 from certs.tsa import DEFAULT_POLICY_OID, TimestampAuthority
+from config.files import write_atomically
 from config.settings import RegistrySettings
 from jisr.demo.members import ALL_GOVERNMENT, INSTANCE, MEMBER_CLASS, MEMBERS
 from registry.conf_keys import export_anchor, initialise_registry
@@ -78,9 +79,8 @@ class Endpoints:
 
     def write(self) -> Path:
         path = self.data_dir / "network.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", "utf-8")
-        tmp.replace(path)
+        text = json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
+        write_atomically(path, text.encode("utf-8"))
         return path
 
 
@@ -210,8 +210,7 @@ async def registry(
             store, reg_dir, passphrase, instance=INSTANCE, settings=settings, now=now
         )
         api_key_path = reg_dir / "operator-api-key"
-        api_key_path.write_text(api_key + "\n", "utf-8")
-        api_key_path.chmod(0o600)
+        write_atomically(api_key_path, (api_key + "\n").encode("utf-8"), 0o600)
         await populate_registry(store, trust)
         async with running_registry(
             store,
