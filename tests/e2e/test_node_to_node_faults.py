@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from certs.profiles import member_id_of
 from certs.signer import SoftwareSigner
+from gateway.faults import CLIENT_PROXY
 from gateway.identifiers import MemberId, ServiceId
-from gateway.transport import request_hash
+from gateway.transport import CONTENT_TYPE, decode_message, request_hash, verify_message
 from jisr.demo.exchanges import DECEASED_CITIZEN, LIVING_CITIZEN
 from jisr.demo.members import INHERITANCE, POPULATION
 from jisr.demo.network import utc_now
@@ -84,6 +86,11 @@ async def test_answers_a_valid_envelope_with_a_signed_bound_response(
     assert response.message_id == part.message_id
     assert response.request_hash == request_hash(part.to_bytes())
     assert json.loads(body)["nationalId"] == LIVING_CITIZEN
+    # signed by the provider's member NDC, with its OCSP evidence stapled
+    message = decode_message(CONTENT_TYPE, reply.body, prefix=CLIENT_PROXY, kind="response")
+    verified = verify_message(message, verified_cache=None, now=utc_now(), prefix=CLIENT_PROXY)
+    assert member_id_of(verified.signer) == str(POPULATION.member)
+    assert verified.ocsp
 
 
 # ---- tampered and forged signatures ------------------------------------------------------------
