@@ -50,6 +50,7 @@ log = structlog.get_logger(__name__)
 DEMO_PASSPHRASE = "jisr-demo-only-passphrase"  # noqa: S105 (a published demo value)
 DEFAULT_DATA_DIR = Path("jisr-demo")
 REGISTRY_DATABASE = "jisr_registry"
+DEMO_TIMESTAMPING_S = 3
 
 
 def utc_now() -> dt.datetime:
@@ -204,7 +205,11 @@ async def registry(
         async with pool.acquire() as conn:
             await apply_migrations(conn, "registry.migrations")
         store = RegistryStore(pool)
-        settings = RegistrySettings(instance=INSTANCE, auto_approve=True)
+        # Timestamp batches every few seconds instead of X-Road's minute, so that the demo's
+        # exchanges are timestamped (and can be archived and verified) before it ends.
+        settings = RegistrySettings(
+            instance=INSTANCE, auto_approve=True, timestamping_interval_s=DEMO_TIMESTAMPING_S
+        )
         passphrase = DEMO_PASSPHRASE.encode()
         _key_id, api_key = await initialise_registry(
             store, reg_dir, passphrase, instance=INSTANCE, settings=settings, now=now
