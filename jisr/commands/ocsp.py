@@ -1,11 +1,11 @@
 """``jisr ocsp``: run the OCSP responder of a Jisr CA.
 
-Rules: the responder key's passphrase is read from the environment variable the operator
-names (``--key-passphrase-env``), never from the command line, and never logged. Certificate
-status comes from the CA directory's index (:class:`certs.ca.CaIndex`), which re-reads the
-index when the CA revokes a certificate, so a running responder answers revocations without a
-restart. The bound URL is printed on one line when the server is ready, so scripts can start
-it with ``--port 0`` and read where it listens.
+Rules: the responder key file must be encrypted (a plain one is refused); its passphrase is
+read from the environment variable the operator names (``--key-passphrase-env``), never from
+the command line, and never logged. Certificate status comes from the CA directory's index
+(:class:`certs.ca.CaIndex`), which re-reads the index when the CA revokes a certificate, so a
+running responder answers revocations without a restart. The bound URL is printed on one line
+when the server is ready, so scripts can start it with ``--port 0`` and read where it listens.
 """
 
 from __future__ import annotations
@@ -100,12 +100,12 @@ def ocsp() -> None:
     "key_path",
     required=True,
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="The responder certificate's private key (PEM, PKCS#8).",
+    help="The responder certificate's private key (PKCS#8, encrypted; a plain key is refused).",
 )
 @click.option(
     "--key-passphrase-env",
     metavar="VAR",
-    help="Name of the environment variable holding the key's passphrase, if it is encrypted.",
+    help="Name of the environment variable holding the key's passphrase.",
 )
 @click.option(
     "--issuer",

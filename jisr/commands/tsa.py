@@ -1,10 +1,11 @@
 """``jisr tsa``: run an RFC 3161 timestamping authority.
 
-Rules: the TSA key's passphrase is read from the environment variable the operator names
-(``--key-passphrase-env``), never from the command line, and never logged. Token serial numbers
-come from a counter file in the state directory (``--state-dir``, default ``<data_dir>/tsa``),
-so they keep increasing across restarts. The bound URL is printed on one line when the server
-is ready, so scripts can start it with ``--port 0`` and read where it listens.
+Rules: the TSA key file must be encrypted (a plain one is refused); its passphrase is read
+from the environment variable the operator names (``--key-passphrase-env``), never from the
+command line, and never logged. Token serial numbers come from a counter file in the state
+directory (``--state-dir``, default ``<data_dir>/tsa``), so they keep increasing across
+restarts. The bound URL is printed on one line when the server is ready, so scripts can start
+it with ``--port 0`` and read where it listens.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def tsa() -> None:
     "key_path",
     required=True,
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="The TSA certificate's private key (PKCS#8, encrypted).",
+    help="The TSA certificate's private key (PKCS#8, encrypted; a plain key is refused).",
 )
 @click.option(
     "--key-passphrase-env",

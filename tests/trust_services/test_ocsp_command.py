@@ -103,14 +103,32 @@ def test_refuses_a_file_that_is_not_a_certificate(tmp_path: Path) -> None:
 def test_refuses_responder_certificate_of_another_ca(tmp_path: Path) -> None:
     pki = FixturePki.create()
     foreign = FixturePki.create(cn="Foreign Root").ocsp_responder()
-    cert_path, key_path = foreign.write(tmp_path, "foreign")
+    cert_path = foreign.write(tmp_path, "foreign")[0]
+    key_path = tmp_path / "foreign.enc.pem"
+    _write_encrypted_key(key_path, foreign.key, b"foreign secret")
     with pytest.raises(OcspError, match="not issued by the CA"):
         load_responder(
             cert_path=cert_path,
             key_path=key_path,
             issuer=pki.root.cert,
             lookup=lambda serial: CertStatus("good"),
+            passphrase=b"foreign secret",
         )
+
+
+def test_refuses_an_unencrypted_key_and_says_how_to_encrypt_it(tmp_path: Path) -> None:
+    pki = FixturePki.create()
+    cert_path, key_path = pki.ocsp_responder().write(tmp_path, "responder")
+    for passphrase in (None, b"any passphrase"):
+        with pytest.raises(KeyStoreError, match="is not encrypted") as caught:
+            load_responder(
+                cert_path=cert_path,
+                key_path=key_path,
+                issuer=pki.root.cert,
+                lookup=lambda serial: CertStatus("good"),
+                passphrase=passphrase,
+            )
+        assert "openssl pkcs8 -topk8 -v2 aes-256-cbc" in str(caught.value)
 
 
 @pytest.mark.e2e

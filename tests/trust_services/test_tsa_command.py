@@ -61,6 +61,14 @@ def test_refuses_an_encrypted_key_without_passphrase(tmp_path: Path) -> None:
         load_authority(cert_path=cert_path, key_path=key_path, passphrase=None)
 
 
+def test_refuses_an_unencrypted_key_and_says_how_to_encrypt_it(tmp_path: Path) -> None:
+    cert_path, key_path = _write_tsa(tmp_path, FixturePki.create().tsa(), encrypted=False)
+    for passphrase in (None, PASSPHRASE.encode()):
+        with pytest.raises(ConfigError, match="is not encrypted") as caught:
+            load_authority(cert_path=cert_path, key_path=key_path, passphrase=passphrase)
+        assert "jisr pki keygen" in str(caught.value)
+
+
 def test_refuses_a_wrong_passphrase(tmp_path: Path) -> None:
     cert_path, key_path = _write_tsa(tmp_path, FixturePki.create().tsa())
     with pytest.raises(ConfigError, match="passphrase is wrong"):
