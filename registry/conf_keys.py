@@ -5,10 +5,11 @@ Rules:
 - A key is ECDSA P-256 with a self-signed certificate; nodes trust it because the anchor (or a
   configuration they already trust) lists the certificate, not because of a CA.
 - Its id is the hex SHA-256 of the certificate's DER (``gateway.globalconf.key_id_of``).
-- The private key is written once as encrypted PKCS#8 (``BestAvailableEncryption``) to
-  ``<data_dir>/registry/conf-keys/<key_id>.p8``, readable by its owner only; the database stores
-  only the file name (``key_ref``). The passphrase comes from the environment variable the
-  settings name and is never logged or stored.
+- The private key lives in a software key store (:class:`certs.keystore.SoftwareKeyStore`) in
+  ``<data_dir>/registry/conf-keys/``, labelled with the key id: written once as encrypted
+  PKCS#8 (``<key_id>.key.pem``), readable by its owner only. The database stores only the
+  label (``key_ref``). The passphrase comes from the environment variable the settings name and
+  is never logged or stored.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from certs.keys import generate_key
+from certs.keystore import SoftwareKeyStore
 from certs.signer import SoftwareSigner
 from config.errors import ConfigError
 from config.settings import RegistrySettings
@@ -54,7 +56,7 @@ def create_key(
     data_dir: Path, instance: str, passphrase: bytes, *, now: dt.datetime
 ) -> tuple[str, x509.Certificate, str]:
     """Make a key and its certificate; write the key encrypted. Return (key_id, cert, key_ref)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = generate_key("ec")
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Jisr registry {instance}"),
@@ -90,44 +92,32 @@ def create_key(
         .sign(key, hashes.SHA256())
     )
     key_id = key_id_of(cert)
-    key_ref = f"{key_id}.p8"
-    directory = keys_dir(data_dir)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / key_ref
-    encrypted = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(encrypted)
-    return key_id, cert, key_ref
+    # The key id is the label: the key store refuses to overwrite a label, and the database
+    # names the key by it.
+    _key_store(data_dir).store(key_id, _text(passphrase), key)
+    return key_id, cert, key_id
 
 
 def load_signer(
     data_dir: Path, key_ref: str, certificate: x509.Certificate, passphrase: bytes
 ) -> SoftwareSigner:
-    """Open the encrypted key named ``key_ref`` and pair it with its certificate."""
-    if "/" in key_ref or "\\" in key_ref or key_ref.startswith("."):
-        raise ConfigError(f"configuration signing key reference {key_ref!r} is not a file name")
-    path = keys_dir(data_dir) / key_ref
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
+    """Open the encrypted key labelled ``key_ref`` and pair it with its certificate."""
+    store = _key_store(data_dir)
+    if key_ref not in store.labels():
         raise ConfigError(
-            f"the configuration signing key file {path} is missing; restore it from the backup "
-            "of the registry data directory"
-        ) from exc
-    try:
-        key = serialization.load_pem_private_key(data, password=passphrase)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"cannot open the configuration signing key {path}: wrong passphrase or damaged file"
-        ) from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"the configuration signing key {path} is not an EC key")
-    return SoftwareSigner(key, certificate)
+            f"the configuration signing key {key_ref!r} is missing from {store.directory}; "
+            "restore it from the backup of the registry data directory"
+        )
+    return store.signer(key_ref, _text(passphrase), certificate)
+
+
+def _key_store(data_dir: Path) -> SoftwareKeyStore:
+    return SoftwareKeyStore(keys_dir(data_dir))
+
+
+def _text(passphrase: bytes) -> str:
+    # The registry passes passphrases as the UTF-8 bytes passphrase_from_env returns.
+    return passphrase.decode("utf-8")
 
 
 async def announce_new_key(

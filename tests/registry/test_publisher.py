@@ -120,8 +120,9 @@ async def test_republishes_when_interval_passed_without_change(registry: Registr
 
 async def test_signing_key_is_stored_encrypted_outside_the_database(registry: Registry) -> None:
     (key,) = await registry.store.list_conf_keys()
-    path = registry.data_dir / "registry" / "conf-keys" / key.key_ref
-    assert key.key_ref == f"{key.key_id}.p8"
+    # Kept in a software key store labelled with the key id (certs.keystore's file layout).
+    path = registry.data_dir / "registry" / "conf-keys" / f"{key.key_ref}.key.pem"
+    assert key.key_ref == key.key_id
     assert path.stat().st_mode & 0o777 == 0o600
     assert b"BEGIN ENCRYPTED PRIVATE KEY" in path.read_bytes()
     async with registry.pool.acquire() as conn:
