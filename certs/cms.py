@@ -18,6 +18,15 @@ Rules:
 Signatures are made once per message, so building is cheap: the parts that depend only on the
 signer (the certificate set, the signer identifier, the signingCertificateV2 attribute) are
 encoded once per certificate and cached; only the digest and time are encoded per call.
+
+Verifying is made cheap the same way. The first signature of a signer goes through the full
+ASN.1 parse and every check. Its signer-dependent parts (certificate set, signer identifier,
+signingCertificateV2 attribute) are then remembered by their exact bytes together with the
+signer they were found to name. A later signature in plain DER whose signer-dependent parts are
+byte-identical has only its per-signature parts checked (contentType, messageDigest, signature
+value, signingTime), read with a small strict DER reader; anything else in its layout, or any
+check failing, sends it through the full path, which gives the precise error. The short path
+can therefore only accept what the full path accepts.
 """
 
 from __future__ import annotations
@@ -389,6 +398,23 @@ def verify_detached(signature: bytes, data: bytes) -> CmsVerified:
     Trust is not decided here: the returned signer certificate still has to be validated with
     :mod:`certs.validation` (and its revocation status checked) by the caller.
     """
+    plain = type(signature) is bytes and len(signature) <= MAX_SIGNATURE_BYTES
+    layout = _plain_layout(signature) if plain else None
+    if layout is not None:
+        known = _KNOWN_SIGNERS.get(layout.signer_parts)
+        if known is not None:
+            verified = _verify_known_signer(layout, known, data)
+            if verified is not None:
+                return verified
+    verified = _verify_fully(signature, data)
+    if layout is not None:
+        if len(_KNOWN_SIGNERS) >= _KNOWN_SIGNERS_MAX:
+            _KNOWN_SIGNERS.pop(next(iter(_KNOWN_SIGNERS)), None)
+        _KNOWN_SIGNERS[layout.signer_parts] = verified
+    return verified
+
+
+def _verify_fully(signature: bytes, data: bytes) -> CmsVerified:
     parsed = _parse(signature)
     signer = _find_signer(parsed)
 
@@ -420,3 +446,222 @@ def verify_detached(signature: bytes, data: bytes) -> CmsVerified:
         if isinstance(native, dt.datetime):
             signing_time = native.astimezone(dt.UTC)
     return CmsVerified(signer, parsed.certificates, signing_time)
+
+
+# ---- the short path for signers already verified -------------------------------------------
+
+#: Signer-dependent parts already verified (see the module rules), with what they named.
+_KNOWN_SIGNERS: dict[tuple[bytes, bytes, bytes], CmsVerified] = {}
+_KNOWN_SIGNERS_MAX = 256
+_DER_OID_DATA = _oid(_OID_DATA)
+_DER_CONTENT_TYPE_OID = _oid(_OID_CONTENT_TYPE)
+_DER_SIGNING_CERTIFICATE_V2_OID = _oid(_OID_SIGNING_CERTIFICATE_V2)
+_DER_SHA256_ALG_NULL = _tlv(_SEQUENCE, _oid(_OID_SHA256) + b"\x05\x00")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Layout:
+    """The pieces of a SignedData in plain DER that the short path needs."""
+
+    #: Certificate set, signer identifier and signingCertificateV2 attribute, as encoded.
+    signer_parts: tuple[bytes, bytes, bytes]
+    signed_attrs_der: bytes
+    content_type: bytes
+    message_digest: bytes
+    signing_time: bytes | None
+    signature_algorithm: bytes
+    signature_value: bytes
+
+
+def _element(buf: bytes, pos: int, end: int) -> tuple[int, int, int] | None:
+    """(tag, content start, content end) of the DER element at ``pos``; None when it is not
+    one (high tag numbers, indefinite or non-minimal lengths, running past ``end``)."""
+    if end - pos < 2:
+        return None
+    tag = buf[pos]
+    if tag & 0x1F == 0x1F:
+        return None
+    first = buf[pos + 1]
+    pos += 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or end - pos < count or buf[pos] == 0:
+            return None
+        length = int.from_bytes(buf[pos : pos + count], "big")
+        if length < 0x80:
+            return None
+        pos += count
+    if end - pos < length:
+        return None
+    return tag, pos, pos + length
+
+
+def _children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int]] | None:
+    """Every element between ``start`` and ``end`` as (tag, start, content start, end)."""
+    found = []
+    pos = start
+    while pos < end:
+        element = _element(buf, pos, end)
+        if element is None:
+            return None
+        tag, content, after = element
+        found.append((tag, pos, content, after))
+        pos = after
+    return found
+
+
+def _plain_layout(signature: bytes) -> _Layout | None:
+    """The pieces of ``signature`` when it is a detached SignedData in plain DER with one
+    signer and only the attributes Jisr writes; None for anything else."""
+    top = _element(signature, 0, len(signature))
+    if top is None or top[0] != _SEQUENCE or top[2] != len(signature):
+        return None
+    info = _children(signature, top[1], top[2])
+    if info is None or len(info) != 2 or info[1][0] != _CONTEXT_0:
+        return None
+    if signature[info[0][1] : info[0][3]] != _DER_SIGNED_DATA_OID:
+        return None
+    wrapped = _children(signature, info[1][2], info[1][3])
+    if wrapped is None or len(wrapped) != 1 or wrapped[0][0] != _SEQUENCE:
+        return None
+    fields = _children(signature, wrapped[0][2], wrapped[0][3])
+    if fields is None or len(fields) < 4:
+        return None
+    version, digest_algorithms, encap, *rest = fields
+    if version[0] != 0x02 or digest_algorithms[0] != _SET:
+        return None
+    if signature[encap[1] : encap[3]] != _DER_ENCAP_CONTENT_INFO:
+        return None
+    if not rest or rest[0][0] != _CONTEXT_0:
+        return None
+    certificates = signature[rest[0][1] : rest[0][3]]
+    rest = rest[1:]
+    if rest and rest[0][0] == 0xA1:  # crls: not used for verification
+        rest = rest[1:]
+    if len(rest) != 1 or rest[0][0] != _SET:
+        return None
+    signer_infos = _children(signature, rest[0][2], rest[0][3])
+    if signer_infos is None or len(signer_infos) != 1 or signer_infos[0][0] != _SEQUENCE:
+        return None
+    parts = _children(signature, signer_infos[0][2], signer_infos[0][3])
+    if parts is None or len(parts) not in (6, 7):
+        return None
+    version, sid, digest_algorithm, attrs, algorithm, value = parts[:6]
+    if version[0] != 0x02 or sid[0] not in (_SEQUENCE, 0x80) or attrs[0] != _CONTEXT_0:
+        return None
+    if len(parts) == 7 and parts[6][0] != 0xA1:
+        return None
+    if signature[digest_algorithm[1] : digest_algorithm[3]] not in (
+        _DER_SHA256_ALG,
+        _DER_SHA256_ALG_NULL,
+    ):
+        return None
+    if algorithm[0] != _SEQUENCE or value[0] != _OCTET_STRING:
+        return None
+    values = _attribute_values(signature, attrs[2], attrs[3])
+    if values is None:
+        return None
+    content_type = values.get(_DER_CONTENT_TYPE_OID)
+    message_digest = values.get(_DER_MESSAGE_DIGEST_OID)
+    signing_certificate = values.get(_DER_SIGNING_CERTIFICATE_V2_OID)
+    if content_type is None or message_digest is None or signing_certificate is None:
+        return None
+    digest = _element(message_digest, 0, len(message_digest))
+    if digest is None or digest[0] != _OCTET_STRING or digest[2] != len(message_digest):
+        return None
+    return _Layout(
+        signer_parts=(certificates, signature[sid[1] : sid[3]], signing_certificate),
+        signed_attrs_der=b"\x31" + signature[attrs[1] + 1 : attrs[3]],
+        content_type=content_type,
+        message_digest=message_digest[digest[1] :],
+        signing_time=values.get(_DER_SIGNING_TIME_OID),
+        signature_algorithm=signature[algorithm[1] : algorithm[3]],
+        signature_value=signature[value[2] : value[3]],
+    )
+
+
+def _attribute_values(buf: bytes, start: int, end: int) -> dict[bytes, bytes] | None:
+    """The single value of each signed attribute, by the attribute's encoded OID (the whole
+    attribute for signingCertificateV2); None for an unknown, repeated or multi-valued one."""
+    attributes = _children(buf, start, end)
+    if attributes is None:
+        return None
+    found: dict[bytes, bytes] = {}
+    for tag, begin, content, after in attributes:
+        if tag != _SEQUENCE:
+            return None
+        pair = _children(buf, content, after)
+        if pair is None or len(pair) != 2 or pair[0][0] != 0x06 or pair[1][0] != _SET:
+            return None
+        oid = buf[pair[0][1] : pair[0][3]]
+        if oid in found:
+            return None
+        values = _children(buf, pair[1][2], pair[1][3])
+        if values is None or len(values) != 1:
+            return None
+        if oid == _DER_SIGNING_CERTIFICATE_V2_OID:
+            found[oid] = buf[begin:after]
+        elif oid in (_DER_CONTENT_TYPE_OID, _DER_MESSAGE_DIGEST_OID, _DER_SIGNING_TIME_OID):
+            found[oid] = buf[values[0][1] : values[0][3]]
+        else:
+            return None
+    return found
+
+
+def _short_time(value: bytes) -> dt.datetime | None:
+    """signingTime as Jisr writes it (UTCTime or GeneralizedTime, seconds, ``Z``); None for
+    any other form, which the full path reads."""
+    element = _element(value, 0, len(value))
+    if element is None or element[2] != len(value):
+        return None
+    tag, start, end = element
+    text = value[start:end]
+    if tag == 0x17 and len(text) == 13:
+        year = int(text[0:2]) if text[:12].isdigit() else -1
+        year += 2000 if 0 <= year < 50 else 1900
+        rest = text[2:12]
+    elif tag == 0x18 and len(text) == 15:
+        year = int(text[0:4]) if text[:14].isdigit() else -1
+        rest = text[4:14]
+    else:
+        return None
+    if not text.endswith(b"Z") or not rest.isdigit() or year < 1:
+        return None
+    try:
+        return dt.datetime(
+            year,
+            int(rest[0:2]),
+            int(rest[2:4]),
+            int(rest[4:6]),
+            int(rest[6:8]),
+            int(rest[8:10]),
+            tzinfo=dt.UTC,
+        )
+    except ValueError:
+        return None
+
+
+def _verify_known_signer(layout: _Layout, known: CmsVerified, data: bytes) -> CmsVerified | None:
+    """The per-signature checks of a signature whose signer-dependent parts were verified
+    before; None when any of them does not pass (the full path then says why)."""
+    if layout.content_type != _DER_OID_DATA:
+        return None
+    if not hmac.compare_digest(layout.message_digest, hashlib.sha256(data).digest()):
+        return None
+    key = known.signer.public_key()
+    if layout.signature_algorithm != _DER_ALG_ECDSA_SHA256 or not isinstance(
+        key, ec.EllipticCurvePublicKey
+    ):
+        return None
+    signing_time = None
+    if layout.signing_time is not None:
+        signing_time = _short_time(layout.signing_time)
+        if signing_time is None:
+            return None
+    try:
+        key.verify(layout.signature_value, layout.signed_attrs_der, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return None
+    return CmsVerified(known.signer, known.certificates, signing_time)

@@ -392,7 +392,7 @@ class ClientProxy:
             error = _header(response.headers, HEADER_ERROR)
             if error is not None:
                 headers += ((HEADER_ERROR, error),)
-            log.info("exchange done", status=response.status)
+            log.debug("exchange done", status=response.status)
             return web.Response(
                 status=response.status, body=response_body, headers=CIMultiDict(headers)
             )
@@ -438,7 +438,7 @@ class ClientProxy:
             response, response_body = await self._exchange(conf, local, part, body, servers)
             response_type = _header(response.headers, "Content-Type") or ""
             self._check_soap_response(message, response_body, response_type)
-            log.info("exchange done", status=response.status)
+            log.debug("exchange done", status=response.status)
             return web.Response(
                 status=response.status,
                 body=response_body,

@@ -237,7 +237,7 @@ class ServerProxy:
             except JisrError as exc:
                 raise _Trusted(part, conf, from_error(exc, SERVER_PROXY)) from exc
             response = await self._sealed_response(part, conf, status, headers, body)
-            log.info("request served", status=status, peer=str(peer.id))
+            log.debug("request served", status=status, peer=str(peer.id))
             return response
 
     def _log_body(self, part: RequestPart) -> bool:

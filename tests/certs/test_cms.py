@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,83 @@ def test_accepts_cades_signature_made_by_openssl(pki: FixturePki, tmp_path: Path
     )
     verified = verify_detached((tmp_path / "sig.der").read_bytes(), DATA)
     assert verified.signer == issued.cert
+    # OpenSSL adds attributes Jisr does not write (smimeCapabilities): the second signature of
+    # the same signer is read in full again and still verifies.
+    assert verify_detached((tmp_path / "sig.der").read_bytes(), DATA).signer == issued.cert
+
+
+# ---- a signer already verified: later signatures are checked just as strictly -----------------
+
+
+def _with_attribute(signature: bytes, oid: str, value: object) -> bytes:
+    """``signature`` with one signed attribute's value replaced (the signature value kept)."""
+    info = asn1_cms.ContentInfo.load(signature)
+    attrs = info["content"]["signer_infos"][0]["signed_attrs"]
+    for attr in attrs:
+        if attr["type"].dotted == oid:
+            attr["values"] = [value]
+    return bytes(info.dump(force=True))
+
+
+def test_verifies_later_signatures_of_a_known_signer_without_parsing_them_in_full(
+    pki: FixturePki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = pki.signing()
+    signer = SoftwareSigner(issued.key, issued.cert, [pki.root.cert])
+    verify_detached(sign_detached(DATA, signer, signing_time=NOW), DATA)
+    later = NOW + dt.timedelta(seconds=7)
+    second = sign_detached(b"other data", signer, signing_time=later)
+
+    def no_full_parse(_signature: bytes) -> None:
+        raise AssertionError("the signer was verified before; its parts need no full parse")
+
+    monkeypatch.setattr("certs.cms._parse", no_full_parse)
+    verified = verify_detached(second, b"other data")
+    assert verified.signer == issued.cert
+    assert verified.certificates == (issued.cert, pki.root.cert)
+    assert verified.signing_time == later
+
+
+def _flip_signature_value(signature: bytes, _data: bytes) -> tuple[bytes, bytes]:
+    changed = bytearray(signature)
+    changed[-5] ^= 0x01
+    return bytes(changed), DATA
+
+
+def _other_data(signature: bytes, _data: bytes) -> tuple[bytes, bytes]:
+    return signature, DATA + b"x"
+
+
+def _other_signing_time(signature: bytes, _data: bytes) -> tuple[bytes, bytes]:
+    moved = asn1_cms.Time(name="utc_time", value=NOW + dt.timedelta(days=1))
+    return _with_attribute(signature, "1.2.840.113549.1.9.5", moved), DATA
+
+
+def _other_content_type(signature: bytes, _data: bytes) -> tuple[bytes, bytes]:
+    other = asn1_cms.ContentType("1.2.840.113549.1.7.2")
+    return _with_attribute(signature, "1.2.840.113549.1.9.3", other), DATA
+
+
+def _digest_of_other_data(signature: bytes, _data: bytes) -> tuple[bytes, bytes]:
+    digest = asn1_cms.OctetString(hashlib.sha256(b"forged").digest())
+    return _with_attribute(signature, "1.2.840.113549.1.9.4", digest), b"forged"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        _flip_signature_value,
+        _other_data,
+        _other_signing_time,
+        _other_content_type,
+        _digest_of_other_data,
+    ],
+)
+def test_refuses_tampered_signatures_of_a_signer_verified_before(
+    pki: FixturePki, tamper: Callable[[bytes, bytes], tuple[bytes, bytes]]
+) -> None:
+    signer = _signer(pki)
+    verify_detached(sign_detached(DATA, signer, signing_time=NOW), DATA)
+    signature, data = tamper(sign_detached(DATA, signer, signing_time=NOW), DATA)
+    with pytest.raises(SignatureError):
+        verify_detached(signature, data)
