@@ -33,12 +33,18 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from config.errors import JisrError, ValidationError
+from config.errors import ValidationError
 from gateway.identifiers import MemberId, SecurityServerId, SubsystemId, parse_client
 from registry.conf_keys import announce_new_key
-from registry.errors import AuthenticationRequired, Forbidden
 from registry.management import ManagementService
-from registry.store import ApiKey, RegistryStore
+from registry.store import RegistryStore
+from webapi.admin import (
+    Caller,
+    actor_of,
+    api_key_middleware,
+    json_errors_middleware,
+    read_json_object,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -61,69 +67,19 @@ class RegistryContext:
 
 
 CONTEXT = web.AppKey("registry_context", RegistryContext)
-API_KEY = web.RequestKey("registry_api_key", ApiKey)
 
 
-def error_response(exc: JisrError) -> web.Response:
-    return web.json_response(
-        {"type": type(exc).__name__, "message": exc.message}, status=exc.http_status
-    )
+def _is_protected(path: str) -> bool:
+    return path.startswith(API_PREFIX + "/") and path != f"{API_PREFIX}/openapi.json"
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into the JSON error form; never leak a traceback to the client."""
-    try:
-        return await handler(request)
-    except JisrError as exc:
-        return error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return web.json_response(
-            {"type": "HttpError", "message": f"{exc.reason}: {request.method} {request.path}"},
-            status=exc.status,
-            headers=allow,
-        )
-    except Exception:
-        log.exception("admin API request failed", path=request.path, method=request.method)
-        return web.json_response(
-            {"type": "InternalError", "message": "internal error; see the registry's log"},
-            status=500,
-        )
+async def _authenticate(request: web.Request, token: str) -> Caller | None:
+    key = await request.app[CONTEXT].store.authenticate(token)
+    return None if key is None else Caller(key.name, key.role)
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    path = request.path
-    if path.startswith(API_PREFIX + "/") and path != f"{API_PREFIX}/openapi.json":
-        key = await _authenticate(request)
-        if request.method not in ("GET", "HEAD") and key.role != "operator":
-            raise Forbidden(
-                f"API key {key.name!r} has role {key.role}, which may only read; "
-                "changes need an operator key"
-            )
-        request[API_KEY] = key
-    return await handler(request)
-
-
-async def _authenticate(request: web.Request) -> ApiKey:
-    """The caller's key record; the secret stays in this frame, out of later tracebacks."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationRequired(
-            "this admin API call needs an API key: send 'Authorization: Bearer <key>'"
-        )
-    key = await request.app[CONTEXT].store.authenticate(token.strip())
-    if key is None:
-        raise AuthenticationRequired("the API key is unknown or revoked; ask an operator for one")
-    return key
-
-
-def _actor(request: web.Request) -> str:
-    key = request[API_KEY]
-    return f"api:{key.name}"
+errors_middleware = json_errors_middleware("registry")
+auth_middleware = api_key_middleware(_authenticate, protected=_is_protected)
 
 
 def _ctx(request: web.Request) -> RegistryContext:
@@ -131,18 +87,7 @@ def _ctx(request: web.Request) -> RegistryContext:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ValidationError(f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise ValidationError(f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        data = json.loads(raw or b"{}")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValidationError(f"the request body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValidationError("the request body must be a JSON object")
-    return data
+    return await read_json_object(request, MAX_BODY_BYTES)
 
 
 def _str(data: dict[str, Any], name: str, *, default: str | None = None) -> str:
@@ -195,7 +140,7 @@ async def get_instance(request: web.Request) -> web.Response:
 
 
 async def patch_instance(request: web.Request) -> web.Response:
-    settings = await _ctx(request).store.update_settings(_actor(request), await _body(request))
+    settings = await _ctx(request).store.update_settings(actor_of(request), await _body(request))
     return _ok(settings.to_json())
 
 
@@ -207,13 +152,13 @@ async def add_member_class(request: web.Request) -> web.Response:
     data = await _body(request)
     code = _str(data, "code")
     await _ctx(request).store.add_member_class(
-        _actor(request), code, _str(data, "description", default="")
+        actor_of(request), code, _str(data, "description", default="")
     )
     return _ok({"code": code}, 201)
 
 
 async def delete_member_class(request: web.Request) -> web.Response:
-    await _ctx(request).store.delete_member_class(_actor(request), request.match_info["code"])
+    await _ctx(request).store.delete_member_class(actor_of(request), request.match_info["code"])
     return _ok({})
 
 
@@ -224,7 +169,7 @@ async def list_members(request: web.Request) -> web.Response:
 async def add_member(request: web.Request) -> web.Response:
     data = await _body(request)
     member = MemberId.parse(_str(data, "id"))
-    await _ctx(request).store.add_member(_actor(request), member, _str(data, "name"))
+    await _ctx(request).store.add_member(actor_of(request), member, _str(data, "name"))
     return _ok(await _ctx(request).store.get_member(member), 201)
 
 
@@ -236,13 +181,13 @@ async def get_member(request: web.Request) -> web.Response:
 async def patch_member(request: web.Request) -> web.Response:
     member = _member(request, await _instance(request))
     data = await _body(request)
-    await _ctx(request).store.rename_member(_actor(request), member, _str(data, "name"))
+    await _ctx(request).store.rename_member(actor_of(request), member, _str(data, "name"))
     return _ok(await _ctx(request).store.get_member(member))
 
 
 async def delete_member(request: web.Request) -> web.Response:
     member = _member(request, await _instance(request))
-    await _ctx(request).store.delete_member(_actor(request), member)
+    await _ctx(request).store.delete_member(actor_of(request), member)
     return _ok({})
 
 
@@ -252,7 +197,7 @@ async def add_subsystem(request: web.Request) -> web.Response:
     subsystem = SubsystemId(
         member.instance, member.member_class, member.member_code, _str(data, "code")
     )
-    await _ctx(request).store.add_subsystem(_actor(request), subsystem)
+    await _ctx(request).store.add_subsystem(actor_of(request), subsystem)
     return _ok({"id": str(subsystem)}, 201)
 
 
@@ -264,7 +209,7 @@ async def delete_subsystem(request: web.Request) -> web.Response:
         member.member_code,
         request.match_info["subsystem_code"],
     )
-    await _ctx(request).store.delete_subsystem(_actor(request), subsystem)
+    await _ctx(request).store.delete_subsystem(actor_of(request), subsystem)
     return _ok({})
 
 
@@ -282,7 +227,7 @@ async def add_server(request: web.Request) -> web.Response:
     if not isinstance(certs, list):
         raise ValidationError("auth_certs must be a list of certificates")
     await _ctx(request).store.add_server(
-        _actor(request),
+        actor_of(request),
         server,
         _str(data, "address"),
         [_der(c, f"auth_certs[{i}]") for i, c in enumerate(certs)],
@@ -298,27 +243,27 @@ async def get_server(request: web.Request) -> web.Response:
 async def patch_server(request: web.Request) -> web.Response:
     server = _server(request, await _instance(request))
     data = await _body(request)
-    await _ctx(request).store.set_server_address(_actor(request), server, _str(data, "address"))
+    await _ctx(request).store.set_server_address(actor_of(request), server, _str(data, "address"))
     return _ok(await _ctx(request).store.get_server(server))
 
 
 async def delete_server(request: web.Request) -> web.Response:
     server = _server(request, await _instance(request))
-    await _ctx(request).store.delete_server(_actor(request), server)
+    await _ctx(request).store.delete_server(actor_of(request), server)
     return _ok({})
 
 
 async def add_server_client(request: web.Request) -> web.Response:
     server = _server(request, await _instance(request))
     client = parse_client(_str(await _body(request), "client"))
-    await _ctx(request).store.add_server_client(_actor(request), server, client)
+    await _ctx(request).store.add_server_client(actor_of(request), server, client)
     return _ok(await _ctx(request).store.get_server(server), 201)
 
 
 async def remove_server_client(request: web.Request) -> web.Response:
     server = _server(request, await _instance(request))
     client = parse_client(_query(request, "client"))
-    await _ctx(request).store.remove_server_client(_actor(request), server, client)
+    await _ctx(request).store.remove_server_client(actor_of(request), server, client)
     return _ok(await _ctx(request).store.get_server(server))
 
 
@@ -352,7 +297,7 @@ async def add_ca(request: web.Request) -> web.Response:
         responders.append((url, _der(cert, f"ocsp[{i}].certificate") if cert else None))
     name = _str(data, "name")
     await _ctx(request).store.add_ca(
-        _actor(request),
+        actor_of(request),
         name,
         _der(data.get("certificate"), "certificate"),
         intermediates=[_der(c, f"intermediates[{i}]") for i, c in enumerate(intermediates)],
@@ -363,7 +308,7 @@ async def add_ca(request: web.Request) -> web.Response:
 
 
 async def delete_ca(request: web.Request) -> web.Response:
-    await _ctx(request).store.delete_ca(_actor(request), request.match_info["name"])
+    await _ctx(request).store.delete_ca(actor_of(request), request.match_info["name"])
     return _ok({})
 
 
@@ -381,13 +326,13 @@ async def add_tsa(request: web.Request) -> web.Response:
     name, url = _str(data, "name"), _str(data, "url")
     _check_http_url(url, "url")
     await _ctx(request).store.add_tsa(
-        _actor(request), name, url, _der(data.get("certificate"), "certificate")
+        actor_of(request), name, url, _der(data.get("certificate"), "certificate")
     )
     return _ok({"name": name}, 201)
 
 
 async def delete_tsa(request: web.Request) -> web.Response:
-    await _ctx(request).store.delete_tsa(_actor(request), request.match_info["name"])
+    await _ctx(request).store.delete_tsa(actor_of(request), request.match_info["name"])
     return _ok({})
 
 
@@ -402,26 +347,28 @@ async def add_group(request: web.Request) -> web.Response:
     data = await _body(request)
     code = _str(data, "code")
     await _ctx(request).store.add_group(
-        _actor(request), code, _str(data, "description", default="")
+        actor_of(request), code, _str(data, "description", default="")
     )
     return _ok({"code": code}, 201)
 
 
 async def delete_group(request: web.Request) -> web.Response:
-    await _ctx(request).store.delete_group(_actor(request), request.match_info["code"])
+    await _ctx(request).store.delete_group(actor_of(request), request.match_info["code"])
     return _ok({})
 
 
 async def add_group_member(request: web.Request) -> web.Response:
     client = parse_client(_str(await _body(request), "client"))
-    await _ctx(request).store.add_group_member(_actor(request), request.match_info["code"], client)
+    await _ctx(request).store.add_group_member(
+        actor_of(request), request.match_info["code"], client
+    )
     return _ok({"code": request.match_info["code"], "client": str(client)}, 201)
 
 
 async def remove_group_member(request: web.Request) -> web.Response:
     client = parse_client(_query(request, "client"))
     await _ctx(request).store.remove_group_member(
-        _actor(request), request.match_info["code"], client
+        actor_of(request), request.match_info["code"], client
     )
     return _ok({})
 
@@ -448,7 +395,7 @@ async def approve_request(request: web.Request) -> web.Response:
     reason = _str(await _body(request), "reason", default="")
     return _ok(
         await _ctx(request).management.decide(
-            _actor(request), _request_id(request), "approve", reason
+            actor_of(request), _request_id(request), "approve", reason
         )
     )
 
@@ -457,7 +404,7 @@ async def decline_request(request: web.Request) -> web.Response:
     reason = _str(await _body(request), "reason", default="")
     return _ok(
         await _ctx(request).management.decide(
-            _actor(request), _request_id(request), "decline", reason
+            actor_of(request), _request_id(request), "decline", reason
         )
     )
 
@@ -472,18 +419,18 @@ async def list_conf_keys(request: web.Request) -> web.Response:
 async def add_conf_key(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     key_id = await announce_new_key(
-        ctx.store, ctx.data_dir, ctx.passphrase, actor=_actor(request), now=ctx.clock()
+        ctx.store, ctx.data_dir, ctx.passphrase, actor=actor_of(request), now=ctx.clock()
     )
     return _ok({"key_id": key_id, "state": "announced"}, 201)
 
 
 async def activate_conf_key(request: web.Request) -> web.Response:
-    await _ctx(request).store.activate_conf_key(_actor(request), request.match_info["key_id"])
+    await _ctx(request).store.activate_conf_key(actor_of(request), request.match_info["key_id"])
     return _ok({"key_id": request.match_info["key_id"], "state": "active"})
 
 
 async def retire_conf_key(request: web.Request) -> web.Response:
-    await _ctx(request).store.retire_conf_key(_actor(request), request.match_info["key_id"])
+    await _ctx(request).store.retire_conf_key(actor_of(request), request.match_info["key_id"])
     return _ok({"key_id": request.match_info["key_id"], "state": "retired"})
 
 
@@ -520,12 +467,12 @@ async def list_api_keys(request: web.Request) -> web.Response:
 async def create_api_key(request: web.Request) -> web.Response:
     data = await _body(request)
     name, role = _str(data, "name"), _str(data, "role")
-    key = await _ctx(request).store.create_api_key(_actor(request), name, role)
+    key = await _ctx(request).store.create_api_key(actor_of(request), name, role)
     return _ok({"name": name, "role": role, "key": key}, 201)
 
 
 async def revoke_api_key(request: web.Request) -> web.Response:
-    await _ctx(request).store.revoke_api_key(_actor(request), request.match_info["name"])
+    await _ctx(request).store.revoke_api_key(actor_of(request), request.match_info["name"])
     return _ok({})
 
 

@@ -8,9 +8,10 @@ edge turns any of them into ``{"type": <class name>, "message": ...}`` without a
     ├── NotFoundError                 404  the thing named does not exist
     ├── ConflictError                 409  the state does not allow it (e.g. approve twice)
     ├── RequestRefused                400  a management request failed a check
-    ├── AuthenticationRequired        401  no or unknown API key
-    ├── Forbidden                     403  the API key's role may not do this
     └── NotInitialised                500  ``jisr registry init`` has not been run
+
+The admin API's refusals of an API key (401 ``AuthenticationRequired``, 403 ``Forbidden``) are
+the node's as well and live with the shared admin-API code, :mod:`webapi.admin`.
 """
 
 from __future__ import annotations
@@ -41,18 +42,6 @@ class RequestRefused(RegistryError):
 
     def __init__(self, message: str, *, fault_code: str = "Client.InvalidRequest") -> None:
         super().__init__(message, fault_code=fault_code)
-
-
-class AuthenticationRequired(RegistryError):
-    """The admin API call carried no API key, or one the registry does not know."""
-
-    http_status = 401
-
-
-class Forbidden(RegistryError):
-    """The API key is valid but its role does not allow the operation."""
-
-    http_status = 403
 
 
 class NotInitialised(RegistryError):

@@ -24,7 +24,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from config.errors import JisrError, ValidationError
+from config.errors import JisrError
 from config.settings import Settings
 from registry.admin_api import (
     CONTEXT,
@@ -40,6 +40,7 @@ from registry.publisher import Publisher, utc_now
 from registry.store import RegistryStore
 from storage.database import open_pool
 from trust_services.http_server import serve_app
+from webapi.admin import read_body
 
 log = structlog.get_logger(__name__)
 
@@ -91,9 +92,7 @@ async def globalconf_signature(request: web.Request) -> web.Response:
 
 
 async def submit_request(request: web.Request) -> web.Response:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ValidationError(f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    body = await request.content.read(MAX_BODY_BYTES + 1)
+    body = await read_body(request, MAX_BODY_BYTES)
     ctx = request.app[CONTEXT]
     result = await ctx.management.submit(body, now=ctx.clock(), remote=request.remote or "")
     return web.json_response(_public(result), status=202)

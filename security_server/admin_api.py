@@ -31,7 +31,6 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, Protocol
 
-import structlog
 from aiohttp import web
 from cryptography import x509
 
@@ -42,25 +41,20 @@ from gateway.transport import encode_proof
 from security_server.access_rights import GROUP_PREFIX
 from security_server.catalogue_store import CatalogueStore, service_json
 from security_server.runtime import Clock, ConfSource, utc_now
-
-log = structlog.get_logger(__name__)
+from webapi.admin import (
+    CALLER,
+    Caller,
+    Forbidden,
+    actor_of,
+    api_key_middleware,
+    json_errors_middleware,
+    read_json_object,
+)
 
 API_PREFIX = "/api/v1"
 MAX_BODY_BYTES = 6 * 1024 * 1024  # a WSDL or OpenAPI document may be sent inline
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class AuthenticationRequired(ValidationError):
-    """No API key, or one this node does not know."""
-
-    http_status = 401
-
-
-class Forbidden(ValidationError):
-    """The API key's role does not allow this call."""
-
-    http_status = 403
 
 
 class RecordNotFound(ValidationError):
@@ -109,57 +103,23 @@ class AdminContext:
 
 
 CONTEXT = web.AppKey("node_admin_context", AdminContext)
-_KEY = web.RequestKey("node_admin_api_key", str)
-_ROLE = web.RequestKey("node_admin_api_role", str)
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except JisrError as exc:
-        return web.json_response(
-            {"type": type(exc).__name__, "message": exc.message}, status=exc.http_status
-        )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return web.json_response(
-            {"type": "HttpError", "message": exc.reason}, status=exc.status, headers=exc.headers
-        )
-    except Exception:
-        log.exception("node admin API request failed", path=request.path, method=request.method)
-        return web.json_response(
-            {"type": "InternalError", "message": "internal error; see the node's log"},
-            status=500,
-        )
+def _is_protected(path: str) -> bool:
+    return path != f"{API_PREFIX}/openapi.json"
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path == f"{API_PREFIX}/openapi.json":
-        return await handler(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationRequired(
-            "this admin API call needs an API key: send 'Authorization: Bearer <key>' (create "
-            "one with `jisr node api-key create --role operator`)"
-        )
-    found = await request.app[CONTEXT].catalogue.authenticate(token.strip())
-    if found is None:
-        raise AuthenticationRequired("the API key is unknown or revoked; ask an operator for one")
-    name, role = found
-    if request.method not in ("GET", "HEAD") and role != "operator":
-        raise Forbidden(
-            f"API key {name!r} has role {role}, which may only read; changes need an operator key"
-        )
-    request[_KEY] = name
-    request[_ROLE] = role
-    return await handler(request)
+async def _authenticate(request: web.Request, token: str) -> Caller | None:
+    found = await request.app[CONTEXT].catalogue.authenticate(token)
+    return None if found is None else Caller(*found)
 
 
-def _actor(request: web.Request) -> str:
-    return f"api:{request[_KEY]}"
+errors_middleware = json_errors_middleware("node")
+auth_middleware = api_key_middleware(
+    _authenticate,
+    protected=_is_protected,
+    how_to_get_a_key="create one with `jisr node api-key create --role operator`",
+)
 
 
 def _store(request: web.Request) -> CatalogueStore:
@@ -167,18 +127,7 @@ def _store(request: web.Request) -> CatalogueStore:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ValidationError(f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise ValidationError(f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        data = json.loads(raw or b"{}")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValidationError(f"the request body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValidationError("the request body must be a JSON object")
-    return data
+    return await read_json_object(request, MAX_BODY_BYTES)
 
 
 def _str(data: dict[str, Any], name: str) -> str:
@@ -259,7 +208,7 @@ async def list_clients(request: web.Request) -> web.Response:
 async def add_client(request: web.Request) -> web.Response:
     data = await _body(request)
     client = await _store(request).add_client(
-        _actor(request),
+        actor_of(request),
         _str(data, "client_id"),
         connection_type=_opt_str(data, "connection_type") or "http",
         tls_certs=_certificates(data) or (),
@@ -270,7 +219,7 @@ async def add_client(request: web.Request) -> web.Response:
 async def update_client(request: web.Request) -> web.Response:
     data = await _body(request)
     client = await _store(request).set_connection_type(
-        _actor(request),
+        actor_of(request),
         _str(data, "client_id"),
         _str(data, "connection_type"),
         _certificates(data),
@@ -282,7 +231,7 @@ async def remove_client(request: web.Request) -> web.Response:
     client_id = _query(request, "client_id")
     if client_id is None:
         raise ValidationError("give the client to remove as ?client_id=INSTANCE/CLASS/CODE/SUB")
-    await _store(request).remove_client(_actor(request), client_id)
+    await _store(request).remove_client(actor_of(request), client_id)
     return web.Response(status=204)
 
 
@@ -295,7 +244,7 @@ async def list_descriptions(request: web.Request) -> web.Response:
 
 async def add_description(request: web.Request) -> web.Response:
     data = await _body(request)
-    store, actor = _store(request), _actor(request)
+    store, actor = _store(request), actor_of(request)
     provider = _str(data, "provider")
     kind = _str(data, "kind")
     url = _opt_str(data, "url")
@@ -325,19 +274,19 @@ async def add_description(request: web.Request) -> web.Response:
 
 
 async def remove_description(request: web.Request) -> web.Response:
-    await _store(request).remove_description(_actor(request), _int_path(request, "id"))
+    await _store(request).remove_description(actor_of(request), _int_path(request, "id"))
     return web.Response(status=204)
 
 
 async def enable_description(request: web.Request) -> web.Response:
-    await _store(request).set_enabled(_actor(request), _int_path(request, "id"), True)
+    await _store(request).set_enabled(actor_of(request), _int_path(request, "id"), True)
     return web.Response(status=204)
 
 
 async def disable_description(request: web.Request) -> web.Response:
     data = await _body(request)
     notice = _opt_str(data, "notice") or ""
-    await _store(request).set_enabled(_actor(request), _int_path(request, "id"), False, notice)
+    await _store(request).set_enabled(actor_of(request), _int_path(request, "id"), False, notice)
     return web.Response(status=204)
 
 
@@ -351,7 +300,7 @@ async def list_services(request: web.Request) -> web.Response:
 async def update_service(request: web.Request) -> web.Response:
     data = await _body(request)
     service = await _store(request).update_service(
-        _actor(request),
+        actor_of(request),
         _str(data, "provider"),
         _str(data, "service_code"),
         address=_opt_str(data, "address"),
@@ -366,7 +315,7 @@ async def _set_service_enabled(request: web.Request, enabled: bool) -> web.Respo
     store = _store(request)
     description_id = await store.description_of(_str(data, "provider"), _str(data, "service_code"))
     notice = "" if enabled else (_opt_str(data, "notice") or "")
-    await store.set_enabled(_actor(request), description_id, enabled, notice)
+    await store.set_enabled(actor_of(request), description_id, enabled, notice)
     return web.Response(status=204)
 
 
@@ -405,7 +354,7 @@ async def grant_right(request: web.Request) -> web.Response:
                 "registry operator to create it, or check the spelling"
             )
     right_id = await ctx.catalogue.grant(
-        _actor(request),
+        actor_of(request),
         _str(data, "provider"),
         _str(data, "service_code"),
         subject,
@@ -416,7 +365,7 @@ async def grant_right(request: web.Request) -> web.Response:
 
 
 async def revoke_right(request: web.Request) -> web.Response:
-    await _store(request).revoke_by_id(_actor(request), _int_path(request, "id"))
+    await _store(request).revoke_by_id(actor_of(request), _int_path(request, "id"))
     return web.Response(status=204)
 
 
@@ -430,12 +379,12 @@ async def list_api_keys(request: web.Request) -> web.Response:
 async def create_api_key(request: web.Request) -> web.Response:
     data = await _body(request)
     name, role = _str(data, "name"), _str(data, "role")
-    key = await _store(request).create_api_key(_actor(request), name, role)
+    key = await _store(request).create_api_key(actor_of(request), name, role)
     return _ok({"name": name, "role": role, "key": key}, 201)
 
 
 async def revoke_api_key(request: web.Request) -> web.Response:
-    await _store(request).revoke_api_key(_actor(request), request.match_info["name"])
+    await _store(request).revoke_api_key(actor_of(request), request.match_info["name"])
     return web.Response(status=204)
 
 
@@ -453,10 +402,10 @@ MAX_LOG_RESULTS = 1000
 
 
 def _log_reader(request: web.Request) -> LogReader:
-    role = request[_ROLE]
-    if role != "auditor":
+    caller = request[CALLER]
+    if caller.role != "auditor":
         raise Forbidden(
-            f"API key {request[_KEY]!r} has role {role}; the message log holds the exchanged "
+            f"API key {caller.name!r} has role {caller.role}; the message log holds the exchanged "
             "data and is read with an auditor key (`jisr node api-key create --role auditor`)"
         )
     reader = request.app[CONTEXT].message_log

@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from config.errors import JisrError, ValidationError
 
@@ -36,15 +37,13 @@ __all__ = [
     "actor_of",
     "api_key_middleware",
     "error_response",
-    "errors_middleware",
+    "json_errors_middleware",
     "read_body",
     "read_json_object",
 ]
 
 log = structlog.get_logger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 #: Roles an API key can have; only an operator may change anything.
 OPERATOR = "operator"
@@ -89,7 +88,7 @@ def error_response(exc: JisrError) -> web.Response:
     )
 
 
-def errors_middleware(owner: str) -> Middleware:
+def json_errors_middleware(owner: str) -> Middleware:
     """Turn every error into the JSON error form; ``owner`` ("registry", "node") names whose
     log holds the details of an unexpected one."""
 
