@@ -8,6 +8,11 @@ Rules:
   ``seen_message_ids`` with a unique key, and a conflict with a row that has not expired means
   the id was seen (``DuplicateMessageId``). The insert and the conflict check are one statement
   and one round trip; PostgreSQL's unique index decides between processes racing on one id.
+- Concurrent checks of one process share that round trip: the pairs waiting when the previous
+  statement returns are inserted by the next one together (one statement for many rows, as the
+  message log batches its writes). A pair asked twice in one batch is refused the second time
+  without the database. Nobody's answer depends on another's: each pair is accepted only when
+  its own row was inserted or renewed.
 - A row that has expired but is not yet purged counts as unseen: the same statement renews it.
 - Expiry is the accepting process's clock plus the window (600 s); the clock-skew check that
   comes first (``gateway.transport.ReplayGuard``, 300 s) makes a replay fail one of the two.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Final
@@ -44,13 +50,17 @@ _PURGE_BATCH: Final = 10_000
 #: How long a request waits for a database connection and its answer.
 _DB_TIMEOUT_S: Final = 5.0
 
-_REMEMBER: Final = """
+#: Inserts the pairs not seen, renews those whose row has expired, and returns both: a pair
+#: missing from the result was seen within the window.
+_REMEMBER_MANY: Final = """
 INSERT INTO seen_message_ids AS seen (client_id, message_id, expires_at)
-VALUES ($1, $2, $3)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
 ON CONFLICT (client_id, message_id) DO UPDATE SET expires_at = EXCLUDED.expires_at
     WHERE seen.expires_at <= $4
-RETURNING 1
+RETURNING client_id, message_id
 """
+#: Most pairs in one statement; more wait for the next.
+_MAX_BATCH: Final = 1000
 
 _PURGE: Final = """
 DELETE FROM seen_message_ids
@@ -58,6 +68,24 @@ WHERE ctid = ANY (ARRAY(
     SELECT ctid FROM seen_message_ids WHERE expires_at <= $1 LIMIT $2
 ))
 """
+
+
+#: The answer to a pair already seen.
+_SEEN: Final = "seen"
+
+
+@dataclasses.dataclass(slots=True)
+class _Waiting:
+    """One pair waiting for its statement, and how its caller learns the answer: None when
+    accepted, :data:`_SEEN` for a replay, the exception when the database failed."""
+
+    key: tuple[str, str]
+    now: dt.datetime
+    accepted: asyncio.Future[BaseException | str | None]
+
+    def answer(self, result: BaseException | str | None) -> None:
+        if not self.accepted.done():
+            self.accepted.set_result(result)
 
 
 class PostgresReplayStore:
@@ -75,6 +103,10 @@ class PostgresReplayStore:
         self._pool = pool
         self._window = window
         self._purge_interval = purge_interval
+        self._waiting: list[_Waiting] = []
+        self._writer: asyncio.Task[None] | None = None
+        #: Statements sent to check message ids (one per batch).
+        self.round_trips = 0
 
     async def check_and_remember(
         self,
@@ -89,17 +121,17 @@ class PostgresReplayStore:
         Raises ``{prefix}.DuplicateMessageId`` when another request (in any process) was
         accepted with them, ``{prefix}.DatabaseError`` when the store cannot be asked.
         """
-        try:
-            async with self._pool.acquire(timeout=_DB_TIMEOUT_S) as conn:
-                accepted = await conn.fetchval(
-                    _REMEMBER,
-                    str(client),
-                    message_id,
-                    now + self._window,
-                    now,
-                    timeout=_DB_TIMEOUT_S,
-                )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting((str(client), message_id), now, loop.create_future())
+        self._waiting.append(waiting)
+        if self._writer is None:
+            # Started now, runs from the next loop turn: whatever else arrives in this turn
+            # joins its first statement.
+            self._writer = loop.create_task(self._write(), name="replay-store-write")
+        failure = await waiting.accepted
+        if failure is None:
+            return
+        if isinstance(failure, BaseException):
             fault = FaultError(
                 f"{prefix}.DatabaseError",
                 "the provider's node cannot check the message id against its replay store "
@@ -107,16 +139,69 @@ class PostgresReplayStore:
             )
             log.error(
                 "replay store unavailable",
-                error=f"{exc.__class__.__name__}: {exc}",
+                error=f"{failure.__class__.__name__}: {failure}",
                 detail=fault.detail,
             )
-            raise fault from exc
-        if accepted is None:
-            raise FaultError(
-                f"{prefix}.DuplicateMessageId",
-                f"message id {message_id!r} from {client} was already received by this node; "
-                "every request needs a new X-Road-Id",
-            )
+            raise fault from failure
+        raise FaultError(
+            f"{prefix}.DuplicateMessageId",
+            f"message id {message_id!r} from {client} was already received by this node; "
+            "every request needs a new X-Road-Id",
+        )
+
+    async def _write(self) -> None:
+        """Insert the waiting pairs, a batch per statement, until none waits."""
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:_MAX_BATCH], self._waiting[_MAX_BATCH:]
+                await self._write_batch([w for w in batch if not w.accepted.done()])
+        except BaseException as exc:
+            # Cancelled (the loop is stopping) or a bug: nobody may wait forever.
+            for waiting in self._waiting:
+                waiting.answer(exc)
+            self._waiting = []
+            raise
+        finally:
+            # No await between the loop's last check and here: a pair that arrives later
+            # finds no writer and starts one.
+            self._writer = None
+
+    async def _write_batch(self, batch: list[_Waiting]) -> None:
+        first: dict[tuple[str, str], _Waiting] = {}
+        for waiting in batch:
+            if waiting.key in first:
+                waiting.answer(_SEEN)  # the same pair twice in one batch: a replay
+            else:
+                first[waiting.key] = waiting
+        if not first:
+            return
+        keys = list(first)
+        expires = [first[k].now + self._window for k in keys]
+        # A row counts as expired only if it expired before every request of the batch was
+        # made: never later than for a request checked alone.
+        oldest = min(first[k].now for k in keys)
+        self.round_trips += 1
+        try:
+            async with self._pool.acquire(timeout=_DB_TIMEOUT_S) as conn:
+                rows = await conn.fetch(
+                    _REMEMBER_MANY,
+                    [k[0] for k in keys],
+                    [k[1] for k in keys],
+                    expires,
+                    oldest,
+                    timeout=_DB_TIMEOUT_S,
+                )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            for waiting in first.values():
+                waiting.answer(exc)
+            return
+        except BaseException as exc:
+            for waiting in first.values():
+                waiting.answer(exc)
+            raise
+        inserted = {(row["client_id"], row["message_id"]) for row in rows}
+        for key, waiting in first.items():
+            waiting.answer(None if key in inserted else _SEEN)
 
     async def purge_expired(self, now: dt.datetime) -> int:
         """Delete the rows expired at ``now``; returns how many were deleted."""
