@@ -35,7 +35,7 @@ from typing import Any, Final, NoReturn
 from cryptography import x509
 
 from config.errors import ConfigError, IdentifierError
-from gateway.globalconf import canonical_json, der_of, digest_of, format_time
+from gateway.canonical import canonical_json, der_of, digest_of, format_time
 from gateway.identifiers import check_part
 
 FORMAT: Final = "jisr-anchor/1"

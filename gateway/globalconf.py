@@ -3,10 +3,9 @@
 Rules:
 
 * The document is canonical JSON in UTF-8 (keys sorted, no whitespace, non-ASCII kept as
-  UTF-8): exactly ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
-  ensure_ascii=False).encode()``. A document that is not byte-for-byte in that form is
-  refused, so ``GlobalConf.from_document(b).to_document() == b`` always holds and a digest
-  names one document only.
+  UTF-8): exactly :func:`gateway.canonical.canonical_json`. A document that is not
+  byte-for-byte in that form is refused, so ``GlobalConf.from_document(b).to_document() == b``
+  always holds and a digest names one document only.
 * Its digest is ``"sha256:" + lowercase hex SHA-256 of the document bytes``; version N+1
   carries version N's digest in ``previous_digest``.
 * Parsing is strict: an unknown ``format``, a missing or unknown field, a wrong JSON type, a
@@ -35,17 +34,23 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar
+from typing import Any, Final, Literal, NoReturn, TypeVar
 from urllib.parse import urljoin
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 
 from certs.cms import sign_detached, verify_detached
 from certs.errors import MalformedSignatureError, SignatureError
 from certs.signer import Signer
 from config.errors import ConfigError, IdentifierError
+from gateway.anchor import Anchor
+
+# Re-exported: the configuration's encodings have always been importable from here.
+from gateway.canonical import canonical_json as canonical_json
+from gateway.canonical import der_of as der_of
+from gateway.canonical import digest_of as digest_of
+from gateway.canonical import format_time as format_time
 from gateway.faults import CLIENT_PROXY, FaultError
 from gateway.identifiers import (
     ClientId,
@@ -55,9 +60,6 @@ from gateway.identifiers import (
     check_part,
     parse_client,
 )
-
-if TYPE_CHECKING:
-    from gateway.anchor import Anchor
 
 FORMAT: Final = "jisr-globalconf/1"
 
@@ -115,30 +117,9 @@ class OutdatedGlobalConf(GlobalConfError):
 # --------------------------------------------------------------------------- encodings
 
 
-def canonical_json(obj: object) -> bytes:
-    """The one byte form Jisr signs and digests JSON in."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def digest_of(document: bytes) -> str:
-    """``sha256:<hex>`` of ``document``, the form ``previous_digest`` and anchors use."""
-    return "sha256:" + hashlib.sha256(document).hexdigest()
-
-
 def key_id_of(certificate: x509.Certificate) -> str:
     """A configuration signing key's id: hex SHA-256 of its certificate's DER."""
-    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def format_time(value: dt.datetime) -> str:
-    """RFC 3339 UTC with seconds precision, the only time form in the document."""
-    if value.tzinfo is None:
-        raise ValueError("times in the global configuration must be timezone-aware")
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def der_of(certificate: x509.Certificate) -> bytes:
-    return certificate.public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der_of(certificate)).hexdigest()
 
 
 def _b64_cert(certificate: x509.Certificate) -> str:

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from certs.tsa import TimestampError, TimestampInfo, verify_token
 from config.errors import IdentifierError, JisrError
 from gateway import hash_tree
+from gateway.canonical import canonical_json
 from gateway.faults import FaultError
 from gateway.hash_tree import InclusionProof
 from gateway.identifiers import ClientId, MemberId, SecurityServerId, ServiceId, SubsystemId
@@ -48,7 +49,6 @@ from gateway.transport import (
     ResponsePart,
     SignedPart,
     body_digest,
-    canonical_json,
     decode_proof,
     encode_proof,
     parse_signed_part,

@@ -41,6 +41,7 @@ from certs.errors import MalformedSignatureError, SignatureError
 from certs.signer import Signer
 from config.errors import IdentifierError, JisrError
 from gateway import hash_tree
+from gateway.canonical import canonical_json
 from gateway.faults import CLIENT_PROXY, SERVER_PROXY, FaultError
 from gateway.hash_tree import InclusionProof
 from gateway.identifiers import ClientId, MemberId, SecurityServerId, ServiceId, SubsystemId
@@ -82,13 +83,6 @@ def _fault(prefix: str, name: str, message: str) -> FaultError:
 def body_digest(body: bytes) -> str:
     """The ``body_sha256`` value for ``body``: lower-case hex SHA-256."""
     return hashlib.sha256(body).hexdigest()
-
-
-def canonical_json(value: object) -> bytes:
-    """RFC 8785 canonical JSON for the value types the signed part uses (no floats)."""
-    return json.dumps(
-        value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
-    ).encode("utf-8")
 
 
 def format_time(when: dt.datetime) -> str:

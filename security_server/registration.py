@@ -37,7 +37,8 @@ from certs.cms import sign_detached
 from certs.signer import Signer
 from config.errors import JisrError, RegistryError
 from gateway.anchor import Anchor
-from gateway.globalconf import GlobalConf, canonical_json, format_time
+from gateway.canonical import canonical_json, format_time
+from gateway.globalconf import GlobalConf
 from gateway.identifiers import ClientId, SecurityServerId
 from security_server.conf_client import ConfClient
 from security_server.node_dir import NodeDir

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.anchor import Anchor, AnchorError, make_anchor
-from gateway.globalconf import canonical_json
+from gateway.canonical import canonical_json
 from tests.gateway.test_globalconf import GENERATED, self_signed
 from tests.pki_factory import Issued
 

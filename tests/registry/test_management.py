@@ -11,7 +11,7 @@ import pytest
 
 from gateway.identifiers import MemberId, SecurityServerId
 from registry.errors import ConflictError, RequestRefused
-from registry.management import ManagementService
+from registry.management import ManagementService, parse_request
 from tests.pki_factory import Issued
 from tests.registry.conftest import Registry
 from tests.registry.node_requests import NodeCa, body, der_b64, request_bytes
@@ -234,3 +234,13 @@ async def test_refuses_expired_signing_certificate(registry: Registry, node: Nod
     )
     data = body(raw, at=node.at, owner=old, owner_ca=node.ca, auth=node.auth)
     await _refused(registry, node, data, "expired")
+
+
+def test_refuses_a_request_with_a_non_json_constant() -> None:
+    """NaN parses in Python but is not JSON, and canonical JSON has no form for it."""
+    raw = (
+        b'{"created_at":"2026-03-01T00:00:00Z","nonce":NaN,'
+        b'"server":"IQ/GOV/NDC/ss1","type":"delete_server"}'
+    )
+    with pytest.raises(RequestRefused, match="NaN is not valid JSON"):
+        parse_request(raw)

@@ -1,0 +1,52 @@
+"""The byte forms Jisr signs and digests: canonical JSON, certificate DER, document digests.
+
+Rules:
+
+- Canonical JSON is RFC 8785 for the values Jisr signs (strings, integers, booleans, null,
+  arrays, objects; never floats): members sorted by name, no whitespace, UTF-8 with non-ASCII
+  characters kept as they are. NaN and the infinities are not JSON and are refused with
+  ``ValueError``. The global configuration, anchors, management requests and the transport's
+  signed parts are all in this one form.
+- A document digest is ``"sha256:" + lowercase hex SHA-256`` of the document bytes, the form
+  of ``previous_digest`` in the global configuration and of anchor digests.
+- Times in the global configuration and the anchor are RFC 3339 UTC with seconds
+  (:func:`format_time`). The transport (milliseconds) and message-log records (microseconds)
+  define finer forms of their own, next to their formats.
+- This module does no I/O and imports nothing of ``gateway``, so every module of it may use
+  this one without a cycle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+__all__ = ["canonical_json", "der_of", "digest_of", "format_time"]
+
+
+def canonical_json(value: object) -> bytes:
+    """The one byte form Jisr signs and digests JSON in."""
+    return json.dumps(
+        value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+    ).encode("utf-8")
+
+
+def digest_of(document: bytes) -> str:
+    """``sha256:<hex>`` of ``document``, the form ``previous_digest`` and anchors use."""
+    return "sha256:" + hashlib.sha256(document).hexdigest()
+
+
+def format_time(value: dt.datetime) -> str:
+    """RFC 3339 UTC with seconds precision, the time form of the configuration and anchor."""
+    if value.tzinfo is None:
+        raise ValueError("times in the global configuration must be timezone-aware")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def der_of(certificate: x509.Certificate) -> bytes:
+    """A certificate's DER bytes: how Jisr compares, indexes and embeds certificates."""
+    return certificate.public_bytes(serialization.Encoding.DER)

@@ -1,0 +1,39 @@
+"""The one canonical JSON, digest and configuration time form every signed document uses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+
+from gateway import globalconf
+from gateway.canonical import canonical_json, digest_of, format_time
+
+
+def test_members_are_sorted_without_whitespace_and_non_ascii_is_kept() -> None:
+    value = {"b": [1, True, None], "a": {"d": "جسر", "c": "x"}}
+    assert canonical_json(value) == '{"a":{"c":"x","d":"جسر"},"b":[1,true,null]}'.encode()
+
+
+@pytest.mark.parametrize("constant", [math.nan, math.inf, -math.inf])
+def test_refuses_values_that_are_not_json(constant: float) -> None:
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        canonical_json({"x": constant})
+
+
+def test_the_global_configuration_names_the_same_functions() -> None:
+    """Code that imports the encodings from ``gateway.globalconf`` gets these very functions."""
+    assert globalconf.canonical_json is canonical_json
+    assert globalconf.digest_of is digest_of
+    assert globalconf.format_time is format_time
+
+
+def test_digest_and_time_forms() -> None:
+    assert digest_of(b"") == (
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    )
+    when = dt.datetime(2026, 3, 1, 12, 30, 5, 999_999, tzinfo=dt.timezone(dt.timedelta(hours=3)))
+    assert format_time(when) == "2026-03-01T09:30:05Z"
+    with pytest.raises(ValueError, match="timezone-aware"):
+        format_time(dt.datetime(2026, 3, 1))
