@@ -49,9 +49,11 @@ from gateway.transport import (
     ResponsePart,
     SignedPart,
     body_digest,
+    client_json,
     decode_proof,
     encode_proof,
     parse_signed_part,
+    service_json,
 )
 
 #: Names the canonical form; a verifier refuses records of a format it does not know.
@@ -246,26 +248,6 @@ def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _client_obj(client: ClientId) -> dict[str, str | None]:
-    return {
-        "instance": client.instance,
-        "member_class": client.member_class,
-        "member_code": client.member_code,
-        "subsystem_code": client.subsystem_code if isinstance(client, SubsystemId) else None,
-    }
-
-
-def _service_obj(service: ServiceId) -> dict[str, str | None]:
-    return {
-        "instance": service.instance,
-        "member_class": service.member_class,
-        "member_code": service.member_code,
-        "subsystem_code": service.subsystem_code,
-        "service_code": service.service_code,
-        "service_version": service.service_version,
-    }
-
-
 def _node_obj(node: SecurityServerId) -> dict[str, str]:
     return {
         "instance": node.instance,
@@ -286,8 +268,8 @@ def canonical_object(
         "logged_at": format_time(logged_at),
         "direction": entry.direction,
         "message_id": entry.message_id,
-        "client": _client_obj(entry.client),
-        "service": _service_obj(entry.service),
+        "client": client_json(entry.client),
+        "service": service_json(entry.service),
         "user_id": entry.user_id,
         "issue": entry.issue,
         "protocol": entry.protocol,

@@ -119,7 +119,8 @@ def _check_headers(headers: Sequence[tuple[str, str]]) -> Headers:
     return tuple(result)
 
 
-def _client_json(client: ClientId) -> dict[str, str | None]:
+def client_json(client: ClientId) -> dict[str, str | None]:
+    """A client id as the signed forms carry it (the message log's records too)."""
     return {
         "instance": client.instance,
         "member_class": client.member_class,
@@ -128,7 +129,8 @@ def _client_json(client: ClientId) -> dict[str, str | None]:
     }
 
 
-def _service_json(service: ServiceId) -> dict[str, str | None]:
+def service_json(service: ServiceId) -> dict[str, str | None]:
+    """A service id as the signed forms carry it (the message log's records too)."""
     return {
         "instance": service.instance,
         "member_class": service.member_class,
@@ -202,8 +204,8 @@ class RequestPart:
             "kind": "request",
             "protocol": self.protocol,
             "id": self.message_id,
-            "client": _client_json(self.client),
-            "service": _service_json(self.service),
+            "client": client_json(self.client),
+            "service": service_json(self.service),
             "target_server": _server_json(self.target_server),
             "user_id": self.user_id,
             "issue": self.issue,
@@ -286,8 +288,8 @@ class ResponsePart:
             "kind": "response",
             "protocol": self.protocol,
             "id": self.message_id,
-            "client": _client_json(self.client),
-            "service": _service_json(self.service),
+            "client": client_json(self.client),
+            "service": service_json(self.service),
             "user_id": self.user_id,
             "issue": self.issue,
             "status": self.status,
