@@ -22,6 +22,7 @@ from cryptography import x509
 from certs.ocsp import DEFAULT_VALIDITY, OcspResponder, StatusLookup
 from certs.signer import SoftwareSigner
 from jisr.commands.credential_files import load_certificate, load_private_key, passphrase_from_env
+from jisr.commands.serve_options import key_file_options, listen_options
 from jisr.processes import stop_on_signals
 from trust_services.http_server import serve_until
 from trust_services.ocsp_server import ocsp_app
@@ -95,28 +96,14 @@ def ocsp() -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="OCSP responder certificate (PEM), issued by the CA with EKU OCSPSigning.",
 )
-@click.option(
-    "--key",
-    "key_path",
-    required=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="The responder certificate's private key (PKCS#8, encrypted; a plain key is refused).",
-)
-@click.option(
-    "--key-passphrase-env",
-    metavar="VAR",
-    help="Name of the environment variable holding the key's passphrase.",
-)
+@key_file_options("responder certificate's")
 @click.option(
     "--issuer",
     "issuer_path",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Issuing CA certificate (PEM); default: the issuing certificate in --ca-dir.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0: any free port."
-)
+@listen_options
 @click.option(
     "--validity",
     "validity_s",

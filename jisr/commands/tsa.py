@@ -19,6 +19,7 @@ import structlog
 
 from certs.tsa import DEFAULT_POLICY_OID, TimestampAuthority
 from jisr.commands.credential_files import load_certificates, load_private_key, passphrase_from_env
+from jisr.commands.serve_options import key_file_options, listen_options
 from jisr.processes import stop_on_signals
 from trust_services.http_server import serve_until
 from trust_services.tsa_server import SerialNumbers, tsa_app
@@ -76,28 +77,14 @@ def tsa() -> None:
     help="TSA certificate (PEM or DER) with the critical extended key usage timeStamping; "
     "CA certificates may follow it in a PEM file.",
 )
-@click.option(
-    "--key",
-    "key_path",
-    required=True,
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="The TSA certificate's private key (PKCS#8, encrypted; a plain key is refused).",
-)
-@click.option(
-    "--key-passphrase-env",
-    metavar="VAR",
-    help="Name of the environment variable holding the key's passphrase.",
-)
+@key_file_options("TSA certificate's")
 @click.option(
     "--chain",
     "chain_path",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="PEM file of intermediate CA certificates, sent in tokens that ask for certificates.",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0: any free port."
-)
+@listen_options
 @click.option(
     "--policy",
     "policy_oid",
