@@ -18,8 +18,6 @@ Rules:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import datetime as dt
 import json
@@ -30,7 +28,6 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from config.errors import ValidationError
@@ -42,6 +39,7 @@ from webapi.admin import (
     Caller,
     actor_of,
     api_key_middleware,
+    certificate_field,
     json_errors_middleware,
     read_json_object,
 )
@@ -99,16 +97,7 @@ def _str(data: dict[str, Any], name: str, *, default: str | None = None) -> str:
 
 def _der(value: object, what: str) -> bytes:
     """A certificate given as base64 DER or PEM text."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValidationError(f"{what} must be a certificate (base64 DER or PEM)")
-    try:
-        if "-----BEGIN" in value:
-            cert = x509.load_pem_x509_certificate(value.encode())
-        else:
-            cert = x509.load_der_x509_certificate(base64.b64decode(value, validate=True))
-    except (ValueError, binascii.Error) as exc:
-        raise ValidationError(f"{what} is not a PEM or base64 DER certificate: {exc}") from exc
-    return cert.public_bytes(Encoding.DER)
+    return certificate_field(value, what).public_bytes(Encoding.DER)
 
 
 def _member(request: web.Request, instance: str) -> MemberId:

@@ -23,7 +23,6 @@ Rules:
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import datetime as dt
 import json
@@ -47,6 +46,7 @@ from webapi.admin import (
     Forbidden,
     actor_of,
     api_key_middleware,
+    certificate_field,
     json_errors_middleware,
     read_json_object,
 )
@@ -175,16 +175,7 @@ def _certificates(data: dict[str, Any]) -> list[x509.Certificate] | None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValidationError("tls_certificates must be a list of PEM or base64 DER strings")
-    certs = []
-    for text in value:
-        try:
-            if "-----BEGIN" in text:
-                certs.append(x509.load_pem_x509_certificate(text.encode()))
-            else:
-                certs.append(x509.load_der_x509_certificate(base64.b64decode(text, validate=True)))
-        except (ValueError, binascii.Error) as exc:
-            raise ValidationError(f"a TLS certificate does not parse: {exc}") from exc
-    return certs
+    return [certificate_field(text, "a TLS certificate") for text in value]
 
 
 def _ok(data: object, status: int = 200) -> web.Response:

@@ -12,11 +12,14 @@ Rules:
   to do>}`` with the error's HTTP status: Jisr errors with their own, aiohttp's (404, 405 with
   its ``Allow`` header) as ``HttpError``; an unexpected exception is logged and answered 500
   without details.
-- A request body is at most the API's limit, and a JSON body must be one object.
+- A request body is at most the API's limit, and a JSON body must be one object; a
+  certificate in it is PEM text or base64 DER.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
@@ -25,6 +28,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from cryptography import x509
 
 from config.errors import JisrError, ValidationError
 
@@ -36,6 +40,7 @@ __all__ = [
     "Forbidden",
     "actor_of",
     "api_key_middleware",
+    "certificate_field",
     "error_response",
     "json_errors_middleware",
     "read_body",
@@ -179,3 +184,15 @@ async def read_json_object(request: web.BaseRequest, limit: int) -> dict[str, An
     if not isinstance(data, dict):
         raise ValidationError("the request body must be a JSON object")
     return data
+
+
+def certificate_field(value: object, what: str) -> x509.Certificate:
+    """A certificate sent in a JSON body as PEM text or base64 DER; ``what`` names the field."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(f"{what} must be a certificate (base64 DER or PEM)")
+    try:
+        if "-----BEGIN" in value:
+            return x509.load_pem_x509_certificate(value.encode())
+        return x509.load_der_x509_certificate(base64.b64decode(value, validate=True))
+    except (ValueError, binascii.Error) as exc:
+        raise ValidationError(f"{what} is not a PEM or base64 DER certificate: {exc}") from exc

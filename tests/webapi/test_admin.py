@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,14 +10,17 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
-from config.errors import JisrError
+from config.errors import JisrError, ValidationError
+from tests.pki_factory import FixturePki
 from trust_services.http_server import serve_app
 from webapi.admin import (
     CALLER,
     Caller,
     actor_of,
     api_key_middleware,
+    certificate_field,
     json_errors_middleware,
     read_json_object,
 )
@@ -147,3 +151,14 @@ async def test_a_body_arriving_in_pieces_is_read_whole(url: str) -> None:
 
     status, data, _ = await _call(url, "POST", "/api/echo", key="op-secret", data=pieces())
     assert (status, data) == (200, document)
+
+
+def test_a_certificate_field_is_pem_or_base64_der() -> None:
+    cert = FixturePki.create().root.cert
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    der = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+    assert certificate_field(pem, "certificate") == cert
+    assert certificate_field(der, "certificate") == cert
+    for wrong in ("", 42, "not base64!", base64.b64encode(b"not DER").decode()):
+        with pytest.raises(ValidationError, match="certificate"):
+            certificate_field(wrong, "certificate")
