@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -47,6 +46,7 @@ from config.errors import ConfigError
 from config.files import write_atomically as write_atomically
 from config.settings import Settings, load_settings
 from gateway.anchor import Anchor
+from gateway.canonical import der_of, digest_of
 
 CONFIG_FILE = "node.toml"
 ANCHOR_FILE = "anchor.json"
@@ -207,7 +207,7 @@ def render_node_toml(
 
 def sha256_fingerprint(cert: x509.Certificate) -> str:
     """``sha256:<hex>`` of the DER: how information systems pin the internal certificate."""
-    return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    return digest_of(der_of(cert))
 
 
 def make_internal_tls(
