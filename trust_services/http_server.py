@@ -54,7 +54,6 @@ async def serve_app(
         await runner.cleanup()
 
 
-
 async def serve_until(
     app: web.Application,
     host: str,
@@ -67,6 +66,7 @@ async def serve_until(
     async with serve_app(app, host, port) as url:
         ready(url + "/")
         await stop.wait()
+
 
 def _bound_url(runner: web.AppRunner, host: str, *, https: bool) -> str:
     addresses = runner.addresses
