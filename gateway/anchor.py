@@ -27,7 +27,6 @@ import base64
 import binascii
 import dataclasses
 import datetime as dt
-import json
 import re
 from collections.abc import Iterable
 from typing import Any, Final, NoReturn
@@ -35,7 +34,7 @@ from typing import Any, Final, NoReturn
 from cryptography import x509
 
 from config.errors import ConfigError, IdentifierError
-from gateway.canonical import canonical_json, der_of, digest_of, format_time
+from gateway.canonical import canonical_json, der_of, digest_of, format_time, parse_strict_json
 from gateway.identifiers import check_part
 
 FORMAT: Final = "jisr-anchor/1"
@@ -95,7 +94,7 @@ class Anchor:
                 "accepted: check that the right file was given"
             )
         try:
-            obj = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
+            obj = parse_strict_json(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise AnchorError(
                 f"the configuration anchor is not valid UTF-8 JSON ({exc}); download it again "
@@ -174,15 +173,6 @@ def _bad(path: str, problem: str) -> NoReturn:
     raise AnchorError(
         f"configuration anchor{where} {problem}; use the anchor file the registry generated"
     )
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"the key {key!r} appears twice in one object")
-        obj[key] = value
-    return obj
 
 
 def _array(value: object, path: str) -> list[Any]:

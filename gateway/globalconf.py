@@ -31,7 +31,6 @@ import binascii
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal, NoReturn, TypeVar
@@ -51,6 +50,7 @@ from gateway.canonical import canonical_json as canonical_json
 from gateway.canonical import der_of as der_of
 from gateway.canonical import digest_of as digest_of
 from gateway.canonical import format_time as format_time
+from gateway.canonical import parse_strict_json
 from gateway.faults import CLIENT_PROXY, FaultError
 from gateway.identifiers import (
     ClientId,
@@ -733,19 +733,6 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
-def _refuse_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"the key {key!r} appears twice in one object")
-        obj[key] = value
-    return obj
-
-
 def _load_json(data: bytes, what: str) -> object:
     """Strict JSON: UTF-8 only, no duplicate keys, no NaN or Infinity."""
     try:
@@ -753,7 +740,7 @@ def _load_json(data: bytes, what: str) -> object:
     except UnicodeDecodeError as exc:
         raise MalformedGlobalConf(f"{what} is not valid UTF-8: {exc}") from exc
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+        return parse_strict_json(text)
     except (ValueError, RecursionError) as exc:
         raise MalformedGlobalConf(f"{what} is not valid JSON: {exc}") from exc
 

@@ -39,7 +39,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
-from typing import Any, Final, Literal, NoReturn
+from typing import Any, Final, Literal
 
 import structlog
 from cryptography import x509
@@ -51,7 +51,7 @@ from certs.ocsp import verify_response
 from certs.profiles import AUTHENTICATION, SIGNING, Profile
 from certs.validation import validate_path
 from config.errors import IdentifierError, JisrError, PkiError
-from gateway.canonical import canonical_json
+from gateway.canonical import canonical_json, parse_strict_json
 from gateway.identifiers import MemberId, SecurityServerId, SubsystemId, parse_client
 from registry.errors import DuplicateError, NotFoundError, RequestRefused
 from registry.store import RegistryStore, check_address
@@ -104,17 +104,12 @@ def _b64(value: object, what: str, limit: int) -> bytes:
         raise _refuse(f"{what} is not valid base64: {exc}") from exc
 
 
-def _refuse_constant(name: str) -> NoReturn:
-    # NaN and the infinities are not JSON, and canonical JSON has no form for them.
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_request(raw: bytes) -> ManagementRequest:
     """Parse and check the form of the signed request bytes (no trust decisions here)."""
     if len(raw) > MAX_REQUEST_BYTES:
         raise _refuse(f"the request is {len(raw)} bytes; at most {MAX_REQUEST_BYTES} are accepted")
     try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        obj = parse_strict_json(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _refuse(f"the request is not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(obj, dict):

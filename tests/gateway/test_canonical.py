@@ -8,7 +8,7 @@ import math
 import pytest
 
 from gateway import globalconf
-from gateway.canonical import canonical_json, digest_of, format_time
+from gateway.canonical import canonical_json, digest_of, format_time, parse_strict_json
 
 
 def test_members_are_sorted_without_whitespace_and_non_ascii_is_kept() -> None:
@@ -37,3 +37,18 @@ def test_digest_and_time_forms() -> None:
     assert format_time(when) == "2026-03-01T09:30:05Z"
     with pytest.raises(ValueError, match="timezone-aware"):
         format_time(dt.datetime(2026, 3, 1))
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"a":1,"a":2}', "appears twice"),
+        ('{"a":{"b":1,"b":1}}', "appears twice"),
+        ('{"a":NaN}', "NaN is not valid JSON"),
+        ('{"a":-Infinity}', "-Infinity is not valid JSON"),
+    ],
+)
+def test_strict_parsing_refuses_what_python_would_accept(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_strict_json(text)
+    assert parse_strict_json('{"a":[1,"x",null]}') == {"a": [1, "x", None]}
