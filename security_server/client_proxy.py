@@ -82,7 +82,7 @@ from gateway.transport import (
     verify_message,
 )
 from security_server import metaservices
-from security_server.peer_trust import PeerTrust
+from security_server.peer_trust import PeerTrust, certificates_der
 from security_server.runtime import LocalClient, MessageLog, NodeRuntime
 from security_server.server_proxy import peer_certificate, read_limited
 from security_server.transport_client import HttpAnswer, MessageSealer, TransportClient
@@ -181,7 +181,7 @@ class ClientProxy:
         return await read_limited(
             request,
             limit,
-            FaultError(
+            lambda: FaultError(
                 "Client.RequestTooLarge",
                 f"the request body is over this node's limit of {limit} bytes; send less or ask "
                 "the node operator to raise the limit",
@@ -286,7 +286,7 @@ class ClientProxy:
                     log_body=local.body_logging,
                     signature=seal.signature,
                     proof=seal.sealed.proof,
-                    certificates=seal.certificates,
+                    certificates=seal.certificates_der,
                     ocsp=seal.ocsp,
                     conf_version=conf.version,
                 )
@@ -309,7 +309,7 @@ class ClientProxy:
                     log_body=local.body_logging,
                     signature=message.signature,
                     proof=message.proof_bytes,
-                    certificates=verified.certificates,
+                    certificates=certificates_der(verified.certificates),
                     ocsp=message.ocsp,
                     conf_version=conf.version,
                 )

@@ -39,7 +39,7 @@ from collections.abc import Callable
 import aiohttp
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from certs.errors import CertValidityError, PathValidationError, WrongProfileError
 from certs.ocsp import DEFAULT_ALLOWED_SKEW, OcspCache, OcspError, OcspVerdict, verify_response
@@ -63,6 +63,52 @@ _MAX_PEER_CERTS = 4096
 
 def _fault(prefix: str, name: str, message: str) -> FaultError:
     return FaultError(f"{prefix}.{name}", message)
+
+
+#: DER and SHA-256 of certificates met lately, by object identity (the object is kept in the
+#: entry, so its id cannot be reused while the entry lives). The same certificate objects come
+#: back on every message (from the configuration, the signature cache, the TLS peer cache), and
+#: encoding them again each time was a visible share of a node's CPU.
+_ENCODED: dict[int, tuple[x509.Certificate, bytes, bytes]] = {}
+_ENCODED_MAX = 1024
+
+
+def _encoded(cert: x509.Certificate) -> tuple[x509.Certificate, bytes, bytes]:
+    entry = _ENCODED.get(id(cert))
+    if entry is None or entry[0] is not cert:
+        der = cert.public_bytes(serialization.Encoding.DER)
+        entry = (cert, der, hashlib.sha256(der).digest())
+        if len(_ENCODED) >= _ENCODED_MAX:
+            _ENCODED.pop(next(iter(_ENCODED)), None)
+        _ENCODED[id(cert)] = entry
+    return entry
+
+
+def certificate_der(cert: x509.Certificate) -> bytes:
+    """The certificate's DER encoding."""
+    return _encoded(cert)[1]
+
+
+def certificates_der(certs: tuple[x509.Certificate, ...]) -> tuple[bytes, ...]:
+    """The DER encodings of ``certs``, as the message log keeps them."""
+    return tuple(_encoded(c)[1] for c in certs)
+
+
+#: Certificates presented by TLS peers, by their DER: one object per certificate, so that
+#: everything keyed on it downstream is computed once per peer rather than once per request.
+_PEER_CERTS: dict[bytes, x509.Certificate] = {}
+_PEER_CERTS_MAX = 1024
+
+
+def load_peer_certificate(der: bytes) -> x509.Certificate:
+    """The certificate object for a TLS peer's DER certificate."""
+    cert = _PEER_CERTS.get(der)
+    if cert is None:
+        cert = x509.load_der_x509_certificate(der)
+        if len(_PEER_CERTS) >= _PEER_CERTS_MAX:
+            _PEER_CERTS.pop(next(iter(_PEER_CERTS)), None)
+        _PEER_CERTS[der] = cert
+    return cert
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -158,9 +204,7 @@ class PeerTrust:
         max_age: dt.timedelta,
         prefix: str,
     ) -> None:
-        key = hashlib.sha256(
-            cert.public_bytes(serialization.Encoding.DER) + b"\x00" + ocsp_der
-        ).digest()
+        key = hashlib.sha256(_encoded(cert)[2] + ocsp_der).digest()
         verdict = self._verdicts.get(key)
         try:
             if verdict is None:
@@ -266,7 +310,7 @@ class _Attempts:
 
 
 def _cert_key(cert: x509.Certificate) -> bytes:
-    return cert.fingerprint(hashes.SHA256())
+    return _encoded(cert)[2]
 
 
 class PeerAuthStatus:
@@ -297,6 +341,9 @@ class PeerAuthStatus:
         self._max_backoff = max(max_backoff, min_backoff)
         self._timeout = request_timeout
         self._cache = OcspCache()
+        #: Per certificate: its verdict while fresh and not yet due for refresh, with when
+        #: that ends, so a request is answered with one lookup and two comparisons.
+        self._settled: dict[bytes, tuple[OcspVerdict, dt.datetime, dt.datetime]] = {}
         self._freshness: int | None = None
         self._known: collections.OrderedDict[bytes, x509.Certificate] = collections.OrderedDict()
         self._attempts: dict[bytes, _Attempts] = {}
@@ -341,6 +388,14 @@ class PeerAuthStatus:
         Returns the certificates with a good, fresh verdict, and the refusal of each other
         one (a node being re-keyed lists two; only the good one may be pinned).
         """
+        if len(server.auth_certs) == 1:
+            # The usual case, on every request: no tasks to gather.
+            (only,) = server.auth_certs
+            try:
+                await self.require_good(only, conf, node=server.id, prefix=prefix)
+            except FaultError as refusal:
+                return (), (refusal,)
+            return (only,), ()
         results = await asyncio.gather(
             *(
                 self.require_good(cert, conf, node=server.id, prefix=prefix)
@@ -366,6 +421,7 @@ class PeerAuthStatus:
         if freshness != self._freshness:
             # A new freshness limit changes which verdicts count as fresh: start over.
             self._cache = OcspCache(dt.timedelta(seconds=freshness))
+            self._settled.clear()
             self._freshness = freshness
         return self._cache
 
@@ -391,6 +447,9 @@ class PeerAuthStatus:
         now = self._clock()
         cache = self._cache_for(conf)
         key = _cert_key(cert)
+        settled = self._settled.get(key)
+        if settled is not None and settled[1] <= now < settled[2]:
+            return settled[0]
         verdict = cache.get(cert, now)
         if verdict is not None:
             if cache.needs_refresh(cert, now) and self._may_fetch(key, now):
@@ -451,11 +510,13 @@ class PeerAuthStatus:
             self._fetching.pop(key, None)
         self._attempts.pop(key, None)
         self._cache.put(source.cert, verdict)
+        self._settle(key, source.cert)
         self._known[key] = source.cert
         self._known.move_to_end(key)
         while len(self._known) > _MAX_PEER_CERTS:
-            _, old = self._known.popitem(last=False)
+            old_key, old = self._known.popitem(last=False)
             self._cache.forget(old)
+            self._settled.pop(old_key, None)
         if verdict.status.state != "good":
             log.warning(
                 "peer authentication certificate not good",
@@ -464,6 +525,17 @@ class PeerAuthStatus:
                 state=verdict.status.state,
             )
         return verdict
+
+    def _settle(self, key: bytes, cert: x509.Certificate) -> None:
+        """Remember the verdict the cache now holds for ``cert`` until it is due for refresh
+        (or stops being fresh, whichever comes first)."""
+        held = self._cache.get(cert, self._clock())
+        due = self._cache.refresh_at(cert)
+        if held is None or due is None:
+            self._settled.pop(key, None)
+            return
+        until = min(due, self._cache.expires_at(held))
+        self._settled[key] = (held, held.this_update - DEFAULT_ALLOWED_SKEW, until)
 
     def _failed(self, key: bytes, message: str, source: OwnCertificate) -> None:
         if len(self._attempts) >= _MAX_PEER_CERTS:

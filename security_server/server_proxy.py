@@ -33,7 +33,7 @@ service.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import asyncpg
@@ -71,7 +71,12 @@ from gateway.transport import (
     verify_message,
 )
 from security_server import metaservices
-from security_server.peer_trust import PeerAuthStatus, PeerTrust
+from security_server.peer_trust import (
+    PeerAuthStatus,
+    PeerTrust,
+    certificates_der,
+    load_peer_certificate,
+)
 from security_server.replay_store import PostgresReplayStore
 from security_server.runtime import LocalService, MessageLog, NodeRuntime
 from security_server.transport_client import MessageSealer, TransportClient
@@ -101,19 +106,24 @@ def peer_certificate(request: web.BaseRequest) -> x509.Certificate | None:
     if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
         return None
     der = ssl_object.getpeercert(binary_form=True)
-    return x509.load_der_x509_certificate(der) if der else None
+    return load_peer_certificate(der) if der else None
 
 
-async def read_limited(request: web.BaseRequest, limit: int, fault: FaultError) -> bytes:
-    """The request body, refusing more than ``limit`` bytes with ``fault``."""
+async def read_limited(
+    request: web.BaseRequest, limit: int, fault: Callable[[], FaultError]
+) -> bytes:
+    """The request body, refusing more than ``limit`` bytes with the fault ``fault`` makes
+    (made only then: a fault draws a random detail id)."""
     if request.content_length is not None and request.content_length > limit:
-        raise fault
+        raise fault()
+    if not request.body_exists:
+        return b""
     chunks: list[bytes] = []
     total = 0
     async for chunk in request.content.iter_chunked(_CHUNK):
         total += len(chunk)
         if total > limit:
-            raise fault
+            raise fault()
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -214,7 +224,7 @@ class ServerProxy:
         data = await read_limited(
             request,
             limit,
-            server_proxy_fault(
+            lambda: server_proxy_fault(
                 "RequestTooLarge", f"the message exceeds this node's limit of {limit} bytes"
             ),
         )
@@ -261,7 +271,7 @@ class ServerProxy:
                 log_body=self._log_body(part),
                 signature=message.signature,
                 proof=message.proof_bytes,
-                certificates=verified.certificates,
+                certificates=certificates_der(verified.certificates),
                 ocsp=message.ocsp,
                 conf_version=conf.version,
             )
@@ -292,7 +302,7 @@ class ServerProxy:
                     log_body=self._log_body(part),
                     signature=seal.signature,
                     proof=seal.sealed.proof,
-                    certificates=seal.certificates,
+                    certificates=seal.certificates_der,
                     ocsp=seal.ocsp,
                     conf_version=conf.version,
                 )

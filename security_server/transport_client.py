@@ -36,7 +36,6 @@ from collections.abc import Iterable, Sequence
 import aiohttp
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -53,7 +52,7 @@ from gateway.transport import (
     SignedPart,
     max_message_bytes,
 )
-from security_server.peer_trust import PeerAuthStatus
+from security_server.peer_trust import PeerAuthStatus, certificate_der, certificates_der
 from security_server.runtime import Clock, MemberSigners, NodeRuntime
 from security_server.tls import pinned_client_context
 
@@ -163,7 +162,7 @@ class TransportClient:
     # ---- TLS contexts
 
     def _pinned_context(self, pinned: Sequence[x509.Certificate]) -> ssl.SSLContext:
-        key = frozenset(c.public_bytes(serialization.Encoding.DER) for c in pinned)
+        key = frozenset(certificate_der(c) for c in pinned)
         ctx = self._pinned.get(key)
         if ctx is None:
             tls = self._runtime.tls
@@ -369,8 +368,10 @@ class Seal:
 
     sealed: Sealed
     ocsp: bytes
-    #: The signing certificate and its chain (signer first), as the message log keeps them.
+    #: The signing certificate and its chain (signer first).
     certificates: tuple[x509.Certificate, ...]
+    #: The same in DER, as the message log keeps them.
+    certificates_der: tuple[bytes, ...]
 
     @property
     def signature(self) -> bytes:
@@ -440,9 +441,10 @@ class MessageSealer:
             self._fail(queue, fault)
             return
         certificates = (signer.certificate, *signer.chain)
+        ders = certificates_der(certificates)
         for waiting, one in zip(queue, sealed, strict=True):
             if not waiting.future.done():
-                waiting.future.set_result(Seal(one, ocsp, certificates))
+                waiting.future.set_result(Seal(one, ocsp, certificates, ders))
         if len(queue) > 1:
             log.debug("batch signed", member=str(member), size=len(queue))
 
