@@ -452,7 +452,8 @@ def _consistency(record: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _describe_live(record: Mapping[str, Any]) -> list[str]:
+def _describe_live(record: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The record as lines of text for a person, and what is inconsistent in it."""
     lines = [
         f"RECORD {record.get('seq')} ({record.get('direction')}), logged {record.get('logged_at')}"
     ]
@@ -486,12 +487,14 @@ def _describe_live(record: Mapping[str, Any]) -> list[str]:
     if parts.get("body") is None:
         lines.append("  body        (not logged: body logging was off; only its SHA-256 was kept)")
     else:
-        body = _bytes(parts, "body")
         try:
+            body = _bytes(parts, "body")
             text = body.decode("utf-8")
             shown = text if len(text) <= 2000 else text[:2000] + f"... ({len(body)} bytes)"
         except UnicodeDecodeError:
             shown = f"({len(body)} bytes of binary content)"
+        except (ValueError, binascii.Error):
+            shown = "(the body the node sent cannot be decoded)"
         lines.append(f"  body        {shown}")
     stamp = record.get("timestamp")
     if isinstance(stamp, dict):
@@ -505,7 +508,7 @@ def _describe_live(record: Mapping[str, Any]) -> list[str]:
         if not problems
         else "  consistency FAILED: " + "; ".join(problems)
     )
-    return lines
+    return lines, problems
 
 
 def _show_live(node_url: str, key_env: str, message_id: str, client: str | None) -> None:
@@ -524,11 +527,17 @@ def _show_live(node_url: str, key_env: str, message_id: str, client: str | None)
     click.echo(f"service     {first.get('service')}")
     failed = False
     for summary in records:
-        full = _node_get(node_url, key_env, f"/message-log/records/{int(summary['seq'])}")
+        seq = summary.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            _fail("the node's answer lists a record without a sequence number")
+        full = _node_get(node_url, key_env, f"/message-log/records/{seq}")
+        if not isinstance(full, dict):
+            _fail(f"the node's answer for record {seq} is not a JSON object")
+        lines, problems = _describe_live(full)
         click.echo("")
-        for line in _describe_live(full):
+        for line in lines:
             click.echo(line)
-        failed = failed or bool(_consistency(full))
+        failed = failed or bool(problems)
     click.echo("")
     click.echo(
         "these records are the node's live log; `jisr audit verify` on its archives proves them"
