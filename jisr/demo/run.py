@@ -17,6 +17,7 @@ from adapters.sample_services import run_sample_services
 from certs.tsa import MessageImprint, verify_token
 from gateway.anchor import Anchor
 from gateway.globalconf import GlobalConf, GlobalConfPointer, verify_globalconf
+from jisr.demo.evidence import archive_and_verify
 from jisr.demo.exchanges import (
     DECEASED_CITIZEN,
     DIPLOMA_NUMBER,
@@ -207,6 +208,18 @@ async def run_demo(
                     exchange.__name__.replace("_", " "), False, f"{type(exc).__name__}: {exc}"
                 )
 
+        click.echo("\nEvidence for auditors:")
+        try:
+            node_dirs = [running.directory for running in nodes]
+            ok, detail = await archive_and_verify(node_dirs, reg.anchor_path)
+            report.add(
+                "message logs archived (jisr node archive) and verified (jisr audit verify)",
+                ok,
+                detail,
+            )
+        except Exception as exc:  # reported, not raised
+            report.add("message logs archived and verified", False, f"{type(exc).__name__}: {exc}")
+
         click.echo("\nThe network:")
         click.echo(f"  registry          {endpoints.registry}")
         click.echo(f"  global conf       {endpoints.globalconf}")
@@ -222,6 +235,7 @@ async def run_demo(
         click.echo(f"  anchor            {endpoints.anchor_file}  ({endpoints.anchor_digest})")
         click.echo(f"  operator API key  {endpoints.operator_api_key_file}")
         click.echo(f"  node logs         {data_dir / 'logs'}")
+        click.echo(f"  archives          {data_dir / 'nodes'}/<node>/archives")
         click.echo(f"  all endpoints     {network_file}")
         click.echo("\nTry it:")
         click.echo(

@@ -50,9 +50,12 @@ def test_demo_once_checks_the_network_and_exits_zero(tmp_path: Path) -> None:
         "SOAP (zeep)",
         "Metaservices",
         "Server.ServerProxy.AccessDenied",
+        "jisr audit verify",
     ):
         assert expected in done.stdout, expected
     assert "✘" not in done.stdout
+    for node in ("ndc", "mohesr", "hjc"):
+        assert list((data / "nodes" / node / "archives").glob("*.zip")), node
 
 
 def test_demo_keeps_running_until_stopped(tmp_path: Path) -> None:
