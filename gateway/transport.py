@@ -976,6 +976,13 @@ class ReplayGuard:
             if self._seen.get(key) == expires:
                 del self._seen[key]
 
+    def check_time(
+        self, created_at: dt.datetime, now: dt.datetime, *, prefix: str = SERVER_PROXY
+    ) -> None:
+        """Only the clock-skew half (``InvalidMessage``), for a caller that keeps the seen
+        pairs elsewhere (a node's shared replay store)."""
+        check_clock_skew(created_at, now, max_skew=self._max_skew, prefix=prefix)
+
     def check_and_remember(
         self,
         client: ClientId,

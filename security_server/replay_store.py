@@ -20,8 +20,8 @@ Rules:
   process; the deletes are idempotent, so several purging processes do not disturb each other.
 - The database failing is never taken as "not seen": the request is refused with
   ``DatabaseError`` (fail closed), the cause in the node's log, not in the fault.
-- The server proxy keeps the in-process :class:`gateway.transport.ReplayGuard` in front of
-  this store: replays reaching the same process are refused without a database round trip.
+- With this store the server proxy keeps no seen pairs in memory (they would grow with the
+  request rate); it still checks the clock skew (:class:`gateway.transport.ReplayGuard`) first.
 """
 
 from __future__ import annotations
