@@ -80,9 +80,30 @@ def _fault(prefix: str, name: str, message: str) -> FaultError:
     return FaultError(f"{prefix}.{name}", message)
 
 
+#: Digests of large bodies hashed lately, by object identity; the body is kept in the entry, so
+#: its id cannot be reused while the entry lives, and bytes never change. A body is checked
+#: several times on its way through a node (signed part, framing, message log), and hashing
+#: 100 KiB again each time cost more than the rest of that work.
+_BODY_DIGESTS: dict[int, tuple[bytes, str]] = {}
+_BODY_DIGESTS_MAX: Final = 16
+#: Bodies smaller than this are hashed every time (cheaper than remembering them); larger
+#: than the upper bound, too (so the memo never holds more than a few MiB).
+_BODY_MEMO_RANGE: Final = (16 * 1024, 1024 * 1024)
+
+
 def body_digest(body: bytes) -> str:
     """The ``body_sha256`` value for ``body``: lower-case hex SHA-256."""
-    return hashlib.sha256(body).hexdigest()
+    low, high = _BODY_MEMO_RANGE
+    if not low <= len(body) <= high or type(body) is not bytes:
+        return hashlib.sha256(body).hexdigest()
+    known = _BODY_DIGESTS.get(id(body))
+    if known is not None and known[0] is body:
+        return known[1]
+    digest = hashlib.sha256(body).hexdigest()
+    if len(_BODY_DIGESTS) >= _BODY_DIGESTS_MAX:
+        _BODY_DIGESTS.pop(next(iter(_BODY_DIGESTS)), None)
+    _BODY_DIGESTS[id(body)] = (body, digest)
+    return digest
 
 
 def format_time(when: dt.datetime) -> str:
