@@ -618,10 +618,6 @@ class TransportMessage:
     ocsp: bytes
 
 
-def _section(tag: int, value: bytes) -> bytes:
-    return struct.pack(">BI", tag, len(value)) + value
-
-
 def encode_message(
     signed_part: SignedPart,
     body: bytes,
@@ -633,9 +629,11 @@ def encode_message(
     if body_digest(body) != signed_part.body_sha256:
         raise ValueError("the body does not match the signed part's body_sha256")
     sections = (signed_part.to_bytes(), body, encode_proof(proof), signature, ocsp)
-    return CONTENT_TYPE, MAGIC + b"".join(
-        _section(tag, value) for tag, value in enumerate(sections, start=1)
-    )
+    # Joined in one go: the body (up to megabytes) is copied once, not once per concatenation.
+    pieces = [MAGIC]
+    for tag, value in enumerate(sections, start=1):
+        pieces += (struct.pack(">BI", tag, len(value)), value)
+    return CONTENT_TYPE, b"".join(pieces)
 
 
 def max_message_bytes(max_body_bytes: int) -> int:
