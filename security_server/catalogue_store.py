@@ -18,6 +18,11 @@ Rules:
   service, its operations endpoints) or one plain REST base URL (one service). Enabling and
   disabling apply to a description, with a notice shown to callers while it is disabled.
 - API keys are stored as SHA-256 hashes; the key itself is shown once, when created.
+- A client's body logging switch (on by default) decides whether the message log keeps the
+  bodies of its messages or only their digests; it is a catalogue change like the others.
+- The database failing is a :class:`~config.errors.StorageError` naming what could not be read
+  or changed (asyncpg's exceptions never leave this module); after a lost connection the pool
+  is told to replace its connections (:func:`storage.errors.expire_if_lost`).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from security_server.catalogue import (
     rest_service,
 )
 from security_server.runtime import ConnectionType, LocalClient, LocalService
+from storage.errors import DATABASE_ERRORS, expire_if_lost
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 Kind = Literal["wsdl", "openapi", "rest"]
@@ -181,9 +187,25 @@ class CatalogueStore:
         value = await conn.fetchval("SELECT coalesce(max(id), 0) FROM audit_log")
         return int(value)
 
+    @asynccontextmanager
+    async def _reading(self, what: str) -> AsyncIterator[Connection]:
+        """A pooled connection for reads; a database failure becomes a StorageError."""
+        try:
+            async with self.pool.acquire() as conn:
+                yield conn
+        except DATABASE_ERRORS as exc:
+            await expire_if_lost(self.pool, exc)
+            raise StorageError(
+                f"cannot read {what} from the node database ({exc.__class__.__name__}: {exc}); "
+                "check that the database is running, then try again"
+            ) from exc
+
     async def load(self) -> Snapshot:
         """Rebuild the snapshot from the database."""
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        async with (
+            self._reading("the catalogue") as conn,
+            conn.transaction(isolation="repeatable_read"),
+        ):
             change_id = await self._change_id(conn)
             clients = await conn.fetch("SELECT * FROM local_clients ORDER BY client_id")
             descriptions = {
@@ -245,7 +267,7 @@ class CatalogueStore:
 
     async def refresh_if_changed(self) -> bool:
         """Reload when another process changed the catalogue; True if reloaded."""
-        async with self.pool.acquire() as conn:
+        async with self._reading("the catalogue's last change") as conn:
             change_id = await self._change_id(conn)
         if change_id == self._snapshot.change_id:
             return False
@@ -271,10 +293,16 @@ class CatalogueStore:
                 f"{action}: this already exists on the node ({_describe(details)}); nothing "
                 "was changed"
             ) from exc
-        except (asyncpg.PostgresError, OSError) as exc:
+        except DATABASE_ERRORS as exc:
+            outcome = (
+                "the connection was lost, so the change may have been committed or not; check "
+                "the audit log before repeating it"
+                if await expire_if_lost(self.pool, exc)
+                else "nothing was changed"
+            )
             raise StorageError(
                 f"{action} failed in the node database ({exc.__class__.__name__}: {exc}); "
-                "nothing was changed"
+                + outcome
             ) from exc
         await self.load()
 
@@ -287,9 +315,11 @@ class CatalogueStore:
         *,
         connection_type: str = "http",
         tls_certs: Iterable[x509.Certificate] = (),
+        body_logging: bool = True,
     ) -> LocalClient:
         """Register a member or subsystem locally (the registry is told separately)."""
         client = _client(client_id)
+        _check_switch(body_logging, "body_logging")
         if connection_type not in CONNECTION_TYPES:
             raise CatalogueError(
                 f"connection type {connection_type!r} is unknown; use http, https or https_cert"
@@ -299,15 +329,20 @@ class CatalogueStore:
             raise CatalogueError(
                 "connection type https_cert needs the information system's TLS certificate"
             )
-        details = {"client": str(client), "connection_type": connection_type}
+        details = {
+            "client": str(client),
+            "connection_type": connection_type,
+            "body_logging": body_logging,
+        }
         async with self._change(actor, "client.add", details) as conn:
             await conn.execute(
                 "INSERT INTO local_clients (client_id, connection_type, tls_cert_hashes, "
-                "tls_certs) VALUES ($1, $2, $3, $4)",
+                "tls_certs, body_logging) VALUES ($1, $2, $3, $4, $5)",
                 str(client),
                 connection_type,
                 [cert_hash(c) for c in certs],
                 [c.public_bytes(Encoding.DER) for c in certs],
+                body_logging,
             )
         found = self.client(client)
         assert found is not None
@@ -351,6 +386,29 @@ class CatalogueStore:
         assert found is not None
         return found
 
+    async def set_body_logging(self, actor: str, client_id: str, enabled: bool) -> LocalClient:
+        """Switch whether the message log keeps the bodies of ``client_id``'s messages.
+
+        Off, the log keeps each body's SHA-256 only (the records verify the same way): for a
+        subsystem whose messages carry data the node should not hold a second copy of. The
+        switch applies to this node's log, to messages logged after the running node reloads
+        its catalogue (within seconds); records already written keep what they hold.
+        """
+        client = _client(client_id)
+        _check_switch(enabled, "body_logging")
+        details = {"client": str(client), "body_logging": enabled}
+        async with self._change(actor, "client.body_logging", details) as conn:
+            done = await conn.execute(
+                "UPDATE local_clients SET body_logging = $2 WHERE client_id = $1",
+                str(client),
+                enabled,
+            )
+            if done == "UPDATE 0":
+                raise NotFound(f"{client} is not a client of this node; add it first")
+        found = self.client(client)
+        assert found is not None
+        return found
+
     async def remove_client(self, actor: str, client_id: str) -> None:
         client = _client(client_id)
         async with self._change(actor, "client.remove", {"client": str(client)}) as conn:
@@ -364,6 +422,7 @@ class CatalogueStore:
                 "client_id": str(c.client_id),
                 "connection_type": c.connection_type,
                 "tls_cert_hashes": sorted(c.tls_cert_hashes),
+                "body_logging": c.body_logging,
             }
             for c in self._snapshot.clients.values()
         ]
@@ -488,7 +547,7 @@ class CatalogueStore:
 
     async def description_of(self, provider: str, service_code: str) -> int:
         client = _client(provider, "provider")
-        async with self.pool.acquire() as conn:
+        async with self._reading("the services") as conn:
             found = await conn.fetchval(
                 "SELECT description_id FROM services WHERE provider = $1 AND service_code = $2",
                 str(client),
@@ -517,7 +576,7 @@ class CatalogueStore:
                 raise NotFound(f"service description {description_id} does not exist")
 
     async def list_descriptions(self, provider: str | None = None) -> list[dict[str, Any]]:
-        async with self.pool.acquire() as conn:
+        async with self._reading("the service descriptions") as conn:
             rows = await conn.fetch(
                 "SELECT d.id, d.provider, d.kind, d.url, d.enabled, d.disabled_notice, "
                 "d.created_at, array_remove(array_agg(s.service_code ORDER BY s.service_code), "
@@ -674,7 +733,7 @@ class CatalogueStore:
     async def list_rights(
         self, provider: str | None = None, service_code: str | None = None
     ) -> list[dict[str, Any]]:
-        async with self.pool.acquire() as conn:
+        async with self._reading("the access rights") as conn:
             rows = await conn.fetch(
                 "SELECT * FROM access_rights WHERE ($1::text IS NULL OR provider = $1) AND "
                 "($2::text IS NULL OR service_code = $2) ORDER BY provider, service_code, id",
@@ -720,7 +779,7 @@ class CatalogueStore:
                 raise NotFound(f"no API key is named {name!r}")
 
     async def list_api_keys(self) -> list[dict[str, Any]]:
-        async with self.pool.acquire() as conn:
+        async with self._reading("the API keys") as conn:
             rows = await conn.fetch("SELECT name, role, created_at FROM api_keys ORDER BY name")
         return [
             {
@@ -733,7 +792,7 @@ class CatalogueStore:
 
     async def authenticate(self, key: str) -> tuple[str, Role] | None:
         """(name, role) of the API key, or None when it is unknown."""
-        async with self.pool.acquire() as conn:
+        async with self._reading("the API keys") as conn:
             row = await conn.fetchrow(
                 "SELECT name, role FROM api_keys WHERE key_hash = $1", hash_api_key(key)
             )
@@ -742,7 +801,7 @@ class CatalogueStore:
         return row["name"], row["role"]
 
     async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
-        async with self.pool.acquire() as conn:
+        async with self._reading("the audit log") as conn:
             rows = await conn.fetch(
                 "SELECT * FROM audit_log ORDER BY id DESC LIMIT $1", max(1, min(limit, 1000))
             )
@@ -772,6 +831,11 @@ def service_json(service: LocalService) -> dict[str, Any]:
         "disabled_notice": service.disabled_notice,
         "endpoints": [{"method": m, "path": p} for m, p in service.endpoints],
     }
+
+
+def _check_switch(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise CatalogueError(f"{name} must be true or false, not {value!r}")
 
 
 def _describe(details: dict[str, Any]) -> str:
