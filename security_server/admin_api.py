@@ -203,8 +203,9 @@ async def add_client(request: web.Request) -> web.Response:
         _str(data, "client_id"),
         connection_type=_opt_str(data, "connection_type") or "http",
         tls_certs=_certificates(data) or (),
+        body_logging=_opt_bool(data, "body_logging") is not False,
     )
-    return _ok({"client_id": str(client.client_id)}, 201)
+    return _ok({"client_id": str(client.client_id), "body_logging": client.body_logging}, 201)
 
 
 async def update_client(request: web.Request) -> web.Response:
@@ -216,6 +217,20 @@ async def update_client(request: web.Request) -> web.Response:
         _certificates(data),
     )
     return _ok({"client_id": str(client.client_id), "connection_type": client.connection_type})
+
+
+async def set_body_logging(request: web.Request) -> web.Response:
+    data = await _body(request)
+    enabled = _opt_bool(data, "body_logging")
+    if enabled is None:
+        raise ValidationError(
+            "field 'body_logging' is required: true keeps the bodies of the client's messages in "
+            "the message log, false only their SHA-256 digests"
+        )
+    client = await _store(request).set_body_logging(
+        actor_of(request), _str(data, "client_id"), enabled
+    )
+    return _ok({"client_id": str(client.client_id), "body_logging": client.body_logging})
 
 
 async def remove_client(request: web.Request) -> web.Response:
@@ -546,6 +561,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/clients", add_client),
     ("PATCH", "/clients", update_client),
     ("DELETE", "/clients", remove_client),
+    ("PUT", "/clients/body-logging", set_body_logging),
     ("GET", "/service-descriptions", list_descriptions),
     ("POST", "/service-descriptions", add_description),
     ("DELETE", "/service-descriptions/{id}", remove_description),
