@@ -4,9 +4,9 @@ Rules: every command is a thin layer over the Python functions the demo calls to
 (``security_server.node_keys``, ``.registration``, ``.catalogue_store``, ``.node``). The key
 passphrase comes from the environment variable the settings name
 (``JISR_NODE_KEY_PASSPHRASE`` by default), never from the command line, and is never printed.
-Catalogue commands (``add-client``, ``service``, ``access``, ``api-key``) write to the node
-database directly, with an audit row per change (actor ``cli:<user>``); a running node picks
-the change up within seconds. ``archive`` runs one archiving pass beside a running node (the
+Catalogue commands (``add-client``, ``client``, ``service``, ``access``, ``api-key``) write to
+the node database directly, with an audit row per change (actor ``cli:<user>``); a running node
+picks the change up within seconds. ``archive`` runs one archiving pass beside a running node (the
 passes take turns through a database lock) or without one.
 """
 
@@ -46,6 +46,15 @@ _DATA_DIR = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="The node's data directory (default: the data_dir setting, ./jisr-data).",
+)
+
+
+_BODY_LOGGING = click.option(
+    "--body-logging",
+    type=click.Choice(["on", "off"]),
+    default="on",
+    show_default=True,
+    help="off: the message log keeps only the SHA-256 of this client's message bodies.",
 )
 
 
@@ -225,6 +234,7 @@ def register(ctx: click.Context, data_dir: Path | None) -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="The information system's TLS certificate (for https_cert).",
 )
+@_BODY_LOGGING
 @click.option("--local-only", is_flag=True, help="Do not send register_client to the registry.")
 @click.pass_context
 def add_client(
@@ -233,6 +243,7 @@ def add_client(
     client_id: str,
     connection_type: str,
     tls_cert: Path | None,
+    body_logging: str,
     local_only: bool,
 ) -> None:
     """Register a subsystem on this node and ask the registry to register it too."""
@@ -251,12 +262,16 @@ def add_client(
             # Re-running after a refused registry request must not fail on the local part.
             return False
         await store.add_client(
-            _actor(), str(client), connection_type=connection_type, tls_certs=certs
+            _actor(),
+            str(client),
+            connection_type=connection_type,
+            tls_certs=certs,
+            body_logging=body_logging == "on",
         )
         return True
 
     if _with_catalogue(node_dir, add):
-        click.echo(f"{client} added to this node ({connection_type})")
+        click.echo(f"{client} added to this node ({connection_type}, body logging {body_logging})")
     else:
         click.echo(f"{client} is already a client of this node; its settings are unchanged")
     if local_only:
@@ -268,6 +283,51 @@ def add_client(
 
     state = asyncio.run(send())
     click.echo(f"management request {state.id} ({state.type}) is {state.state}")
+
+
+# -- clients -------------------------------------------------------------------------------
+
+
+@node.group()
+def client() -> None:
+    """This node's clients (members and subsystems) and their settings."""
+
+
+@client.command("set")
+@_DATA_DIR
+@click.argument("client_id")
+@click.option(
+    "--body-logging",
+    type=click.Choice(["on", "off"]),
+    required=True,
+    help="off: the message log keeps only the SHA-256 of this client's message bodies.",
+)
+@click.pass_context
+def client_set(
+    ctx: click.Context, data_dir: Path | None, client_id: str, body_logging: str
+) -> None:
+    """Change a client's settings on this node (the registry is not involved)."""
+
+    async def change(store: CatalogueStore) -> None:
+        await store.set_body_logging(_actor(), client_id, body_logging == "on")
+
+    _with_catalogue(_node_dir(ctx, data_dir), change)
+    click.echo(
+        f"{parse_client(client_id)}: body logging {body_logging} (a running node applies it "
+        "within seconds, to messages logged from then on)"
+    )
+
+
+@client.command("list")
+@_DATA_DIR
+@click.pass_context
+def client_list(ctx: click.Context, data_dir: Path | None) -> None:
+    """Clients of this node as JSON: connection type, TLS certificate hashes, body logging."""
+
+    async def read(store: CatalogueStore) -> Any:
+        return store.list_clients()
+
+    _echo_json(_with_catalogue(_node_dir(ctx, data_dir), read))
 
 
 # -- services ------------------------------------------------------------------------------
