@@ -13,6 +13,13 @@ Rules (``docs/message-log.md`` is the operator's and auditor's description):
   one node share the table: the sequence number is the primary key, so an append computed from
   a stale head fails as a whole; the writer then re-reads the head and computes the batch
   again (:data:`MAX_APPEND_ATTEMPTS` times at most). Records are committed in sequence order.
+- A lost database connection (the server restarted, failed over, or killed the connection)
+  makes the pool replace all its connections (:func:`storage.errors.expire_if_lost`), so the
+  batches after the one that failed get new connections. A batch whose connection was lost
+  *before* its ``COPY`` was sent (reading the chain head, acquiring the connection) is tried
+  once more on a new connection: none of it can have been stored. A batch whose ``COPY`` was
+  under way is never sent again — it may have been committed before the connection died — and
+  its callers get ``LoggingFailed``; the chain head is re-read before the next batch.
 - The table is append-only, enforced by a trigger: no record content is ever updated; only the
   timestamp reference is set, once; only archived records other than the newest may be
   deleted, which :meth:`PostgresMessageLog.purge_expired` does after the retention period.
@@ -54,6 +61,7 @@ from gateway.log_record import (
 from gateway.transport import DEFAULT_MAX_BODY_BYTES, decode_proof
 from security_server.runtime import Clock, utc_now
 from security_server.timestamper import Timestamper, TimestampingState
+from storage.errors import DATABASE_ERRORS, expire_if_lost
 
 __all__ = [
     "DEFAULT_ACCEPTABLE_PERIOD",
@@ -97,7 +105,7 @@ _SELECT_UNARCHIVED: Final = (
     "ORDER BY m.seq LIMIT $1"
 )
 
-_DB_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_DB_ERRORS: Final = DATABASE_ERRORS
 
 
 @dataclasses.dataclass(slots=True)
@@ -120,6 +128,11 @@ def _logging_failed(entry: LogEntry, reason: str) -> FaultError:
 
 class _AppendConflict(Exception):
     """Another worker process appended first: the head this batch was chained to is stale."""
+
+
+class _LostBeforeWrite(StorageError):
+    """The connection was lost before the batch's ``COPY`` was sent: none of it is stored, and
+    it may be sent on a new connection."""
 
 
 class PostgresMessageLog:
@@ -205,6 +218,11 @@ class PostgresMessageLog:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def queued(self) -> int:
+        """Records waiting for the writer (not counting a batch being written)."""
+        return len(self._pending)
+
     # --- the MessageLog protocol ----------------------------------------------------------------
 
     async def record(self, entry: LogEntry) -> None:
@@ -230,12 +248,23 @@ class PostgresMessageLog:
             assert self._timestamper is not None
             try:
                 await self._timestamper.timestamp_through()
-            except (TimestampError, StorageError) as exc:
+            except TimestampError as exc:
                 raise FaultError(
                     f"{_prefix(entry)}.TimestampingFailed",
                     f"the message was logged but could not be timestamped, and this node "
                     f"timestamps immediately: {exc.message}",
                 ) from exc
+            except StorageError as exc:
+                # The database's words stay in the node's log, as for a failed write.
+                fault = FaultError(
+                    f"{_prefix(entry)}.TimestampingFailed",
+                    "the message was logged but could not be timestamped, and this node "
+                    "timestamps immediately: the node's database failed while timestamping",
+                )
+                _log.error(
+                    "message_log_timestamping_failed", error=exc.message, fault_detail=fault.detail
+                )
+                raise fault from exc
 
     def check_accepting(self, now: dt.datetime, *, prefix: str = CLIENT_PROXY) -> None:
         """Refuse new exchanges while a record has waited for a timestamp for too long."""
@@ -306,27 +335,37 @@ class PostgresMessageLog:
                 return
 
     async def _append(self, entries: Sequence[LogEntry]) -> list[LogRecord]:
-        for _ in range(MAX_APPEND_ATTEMPTS):
-            if self._head is None:
-                self._head = await self._read_head()
-            seq, prev = self._head
-            logged_at = self._clock()
-            records = []
-            canonicals = []
-            for entry in entries:
-                seq += 1
-                # LogRecord.append's work, keeping the canonical bytes: they are also stored.
-                canonical = canonical_bytes(self.node, seq, logged_at, entry)
-                record = LogRecord(
-                    self.node, seq, logged_at, entry, prev, chain_hash(prev, canonical)
-                )
-                records.append(record)
-                canonicals.append(canonical)
-                prev = record.record_hash
+        conflicts = 0
+        sent_again = False
+        while conflicts < MAX_APPEND_ATTEMPTS:
             try:
+                if self._head is None:
+                    self._head = await self._read_head()
+                seq, prev = self._head
+                logged_at = self._clock()
+                records = []
+                canonicals = []
+                for entry in entries:
+                    seq += 1
+                    # LogRecord.append's work, keeping the canonical bytes: they are also stored.
+                    canonical = canonical_bytes(self.node, seq, logged_at, entry)
+                    record = LogRecord(
+                        self.node, seq, logged_at, entry, prev, chain_hash(prev, canonical)
+                    )
+                    records.append(record)
+                    canonicals.append(canonical)
+                    prev = record.record_hash
                 await self._insert(records, canonicals)
             except _AppendConflict:
                 self._head = None
+                conflicts += 1
+                continue
+            except _LostBeforeWrite:
+                # Nothing of the batch was sent; once more on a new connection (the pool has
+                # been told to make new ones), not twice: the database may be down.
+                if sent_again:
+                    raise
+                sent_again = True
                 continue
             except BaseException:
                 # The batch may or may not have been committed (a lost connection); re-read.
@@ -367,15 +406,29 @@ class PostgresMessageLog:
         ]
         self.write_round_trips += 1
         try:
+            conn = await self._pool.acquire(timeout=self._write_timeout_s)
+        except _DB_ERRORS as exc:
+            lost = await expire_if_lost(self._pool, exc)
+            error = _LostBeforeWrite if lost else StorageError
+            raise error(f"no database connection for the write: {exc}") from exc
+        try:
             # One COPY: one statement for the whole batch, atomic like the INSERT it replaces
             # and about a third cheaper for the database per record.
-            await self._pool.copy_records_to_table(
+            await conn.copy_records_to_table(
                 "message_log", records=rows, columns=_COLUMNS, timeout=self._write_timeout_s
             )
         except asyncpg.UniqueViolationError as exc:
             raise _AppendConflict from exc
         except _DB_ERRORS as exc:
+            # Committed or not, nobody can tell: the batch fails and is not sent again.
+            await expire_if_lost(self._pool, exc)
             raise StorageError(f"the database refused or lost the write: {exc}") from exc
+        finally:
+            try:
+                await self._pool.release(conn)
+            except _DB_ERRORS as exc:
+                # asyncpg has closed the connection; what the COPY did stands either way.
+                await expire_if_lost(self._pool, exc)
 
     async def _read_head(self) -> tuple[int, bytes]:
         try:
@@ -383,7 +436,9 @@ class PostgresMessageLog:
                 "SELECT seq, record_hash FROM message_log ORDER BY seq DESC LIMIT 1"
             )
         except _DB_ERRORS as exc:
-            raise StorageError(f"cannot read the message log's chain head: {exc}") from exc
+            lost = await expire_if_lost(self._pool, exc)
+            error = _LostBeforeWrite if lost else StorageError
+            raise error(f"cannot read the message log's chain head: {exc}") from exc
         if row is None:
             return 0, bytes(32)
         return int(row["seq"]), bytes(row["record_hash"])
@@ -394,12 +449,14 @@ class PostgresMessageLog:
         try:
             return await self._pool.fetchval(query, *args)
         except _DB_ERRORS as exc:
+            await expire_if_lost(self._pool, exc)
             raise StorageError(f"cannot read the message log: {exc}") from exc
 
     async def _fetch(self, query: str, *args: object) -> list[LogRecord]:
         try:
             rows = await self._pool.fetch(query, *args)
         except _DB_ERRORS as exc:
+            await expire_if_lost(self._pool, exc)
             raise StorageError(f"cannot read the message log: {exc}") from exc
         batches: dict[int, TimestampBatch] = {}
         return [_to_record(row, batches) for row in rows]
@@ -528,6 +585,7 @@ class PostgresMessageLog:
                 "its own name"
             ) from exc
         except _DB_ERRORS as exc:
+            await expire_if_lost(self._pool, exc)
             raise StorageError(f"cannot mark records as archived: {exc}") from exc
         _log.info("message_log_archived", archive=archive_name, up_to_seq=up_to_seq)
 
@@ -550,6 +608,7 @@ class PostgresMessageLog:
                        WHERE NOT EXISTS (SELECT 1 FROM message_log AS m WHERE m.batch_id = b.id)"""
                 )
         except _DB_ERRORS as exc:
+            await expire_if_lost(self._pool, exc)
             raise StorageError(f"cannot delete expired message log records: {exc}") from exc
         deleted = int(status.split()[-1])
         if deleted:
