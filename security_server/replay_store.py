@@ -19,7 +19,12 @@ Rules:
 - Expired rows are deleted periodically (every 60 s by default, in bounded batches) by every
   process; the deletes are idempotent, so several purging processes do not disturb each other.
 - The database failing is never taken as "not seen": the request is refused with
-  ``DatabaseError`` (fail closed), the cause in the node's log, not in the fault.
+  ``DatabaseError`` (fail closed), the cause in the node's log, not in the fault. Every
+  database failure counts (:data:`storage.errors.DATABASE_ERRORS`, asyncpg's client-side
+  errors after a lost connection included). A lost connection makes the pool replace its
+  connections, so the next batch does not meet the pooled connections that died with it; the
+  failed statement is not sent again (it may have been committed, and would then refuse its
+  own requests as replays).
 - With this store the server proxy keeps no seen pairs in memory (they would grow with the
   request rate); it still checks the clock skew (:class:`gateway.transport.ReplayGuard`) first.
 """
@@ -40,6 +45,7 @@ from gateway.faults import SERVER_PROXY, FaultError
 from gateway.identifiers import ClientId
 from gateway.transport import DEFAULT_REPLAY_WINDOW
 from security_server.runtime import Clock
+from storage.errors import DATABASE_ERRORS, expire_if_lost
 
 log = structlog.get_logger("jisr.replay_store")
 
@@ -191,9 +197,10 @@ class PostgresReplayStore:
                     oldest,
                     timeout=_DB_TIMEOUT_S,
                 )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             for waiting in first.values():
                 waiting.answer(exc)
+            await expire_if_lost(self._pool, exc)
             return
         except BaseException as exc:
             for waiting in first.values():
@@ -221,8 +228,9 @@ class PostgresReplayStore:
                 deleted = await self.purge_expired(clock())
                 if deleted:
                     log.debug("expired message ids purged", count=deleted)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DATABASE_ERRORS as exc:
                 # The next pass retries; rows only pile up meanwhile, none is wrongly accepted.
+                await expire_if_lost(self._pool, exc)
                 log.warning("replay store purge failed", error=f"{exc.__class__.__name__}: {exc}")
             await asyncio.sleep(self._purge_interval.total_seconds())
 

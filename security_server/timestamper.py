@@ -18,6 +18,10 @@ Rules (``docs/message-log.md``, "Batch timestamping"):
   which is what the message log's ``check_accepting`` compares with the acceptable period.
 - Worker processes of one node share the database: a pass holds a PostgreSQL advisory lock, so
   passes of different processes take turns and never timestamp a record twice.
+- Every database failure (:data:`storage.errors.DATABASE_ERRORS`, asyncpg's client-side
+  errors after a lost connection included) is a :class:`~config.errors.StorageError`; a lost
+  connection also makes the pool replace its connections. With ``timestamp_immediately`` the
+  message log turns it into ``TimestampingFailed``, never an internal error of the node.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from gateway import log_record
 from gateway.hash_tree import MAX_LEAVES
 from gateway.transport import encode_proof
 from security_server.runtime import Clock, ConfSource, utc_now
+from storage.errors import DATABASE_ERRORS, expire_if_lost
 from trust_services.tsa_client import DEFAULT_TIMEOUT, request_token
 
 __all__ = [
@@ -187,7 +192,8 @@ class Timestamper:
             oldest = await self._pool.fetchval(
                 "SELECT logged_at FROM message_log WHERE batch_id IS NULL ORDER BY seq LIMIT 1"
             )
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except DATABASE_ERRORS as exc:
+            await expire_if_lost(self._pool, exc)
             raise StorageError(
                 f"cannot read the message log's timestamping backlog: {exc}"
             ) from exc
@@ -239,8 +245,9 @@ class Timestamper:
                                 break
                     finally:
                         await conn.execute("SELECT pg_advisory_unlock($1)", _PASS_LOCK_KEY)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 self.state.last_error = f"database: {exc}"
+                await expire_if_lost(self._pool, exc)
                 raise StorageError(f"cannot timestamp the message log: {exc}") from exc
             except TimestampError as exc:
                 self.state.last_error = exc.message

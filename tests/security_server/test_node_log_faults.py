@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+import structlog.testing
 
 from certs.tsa import TimestampError
 from gateway.faults import SERVER_PROXY, FaultError
@@ -171,6 +172,41 @@ async def test_killing_a_nodes_database_connections_mid_load_loses_no_answered_e
         for each in (consumer, provider):
             await each.timestamper.timestamp_pending()
         assert await untimestamped(db.pool) == 0
+
+
+@pytest.mark.parametrize("side", ["consumer", "provider"])
+async def test_database_connections_killed_again_and_again_never_make_a_node_answer_internal_error(
+    log_network: LogNetwork, side: str
+) -> None:
+    """Every place an exchange touches the database — the log writer, the timestamper of a node
+    that timestamps immediately, the provider's replay store — answers a lost connection with
+    its own fault; neither proxy ever meets an exception it has to call an internal error."""
+    net = log_network
+    db = net.consumer_db if side == "consumer" else net.provider_db
+    prefix = "Server.ClientProxy" if side == "consumer" else "Server.ServerProxy"
+    allowed = DATABASE_FAULTS | {f"{prefix}.TimestampingFailed"}
+    immediately = {"timestamp_immediately": True}
+    settings = {side: immediately}
+    answers: list[Answer] = []
+    with structlog.testing.capture_logs() as logged:
+        async with net.running(**settings) as (consumer, _provider):
+            assert (await net.call(consumer)).ok
+            killer = await asyncpg.connect(db.url)
+            try:
+                for _ in range(4):
+                    calls = [asyncio.create_task(net.call(consumer)) for _ in range(CONCURRENT)]
+                    while not all(call.done() for call in calls):
+                        await _terminate_connections(db, killer)
+                        await asyncio.sleep(0.01)
+                    answers += await asyncio.gather(*calls)
+            finally:
+                await killer.close()
+            after = await net.call(consumer)
+            assert after.ok, after
+    refused = [a for a in answers if not a.ok]
+    assert all(a.error in allowed for a in refused), refused
+    crashed = [e for e in logged if e["event"] in ("server proxy failed", "client proxy failed")]
+    assert crashed == []
 
 
 async def test_tsa_outage_is_tolerated_for_the_acceptable_period_then_refused_until_it_returns(
