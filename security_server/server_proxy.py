@@ -449,7 +449,7 @@ class ServerProxy:
         if isinstance(response, SoapFaultResponse):
             return answer.status, headers, answer.body
         check_response_consistent(request, response, prefix=SERVER_PROXY)
-        return answer.status, headers, _with_request_hash(request, answer.body, headers)
+        return answer.status, headers, _with_request_hash(request, answer.body, headers, response)
 
 
 def _check_soap_matches(request: SoapMessage, part: RequestPart) -> None:
@@ -470,13 +470,18 @@ def _check_soap_matches(request: SoapMessage, part: RequestPart) -> None:
 
 
 def _with_request_hash(
-    request: SoapMessage, body: bytes, headers: tuple[tuple[str, str], ...]
+    request: SoapMessage,
+    body: bytes,
+    headers: tuple[tuple[str, str], ...],
+    parsed: SoapMessage | None = None,
 ) -> bytes:
-    """The response with ``xrd:requestHash`` in its SOAP part; attachments stay as they were."""
+    """The response with ``xrd:requestHash`` in its SOAP part; attachments stay as they were.
+
+    ``parsed`` is the response as already parsed, which saves parsing it again."""
     request_hash = compute_request_hash(request.soap_bytes).value
     content_type = _header(headers, "Content-Type") or ""
     if parse_content_type(content_type)[0] != "multipart/related":
-        return add_request_hash(body, request_hash)
+        return add_request_hash(body, request_hash, parsed=parsed)
     multipart = parse_multipart(body, content_type, max_bytes=len(body) + 1)
     root = multipart.root.data
     start = body.find(root)
