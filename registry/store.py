@@ -687,11 +687,18 @@ class RegistryStore:
                     cert,
                 )
 
+    async def _delete_named(
+        self, actor: str, action: str, delete_sql: str, name: str, what: str
+    ) -> None:
+        """Run ``delete_sql`` (one ``$1`` for the name) with its audit row; 404 if none."""
+        async with self._write(actor, action, {"name": name}) as conn:
+            if await conn.execute(delete_sql, name) == "DELETE 0":
+                raise NotFoundError(f"no {what} is named {name!r}")
+
     async def delete_ca(self, actor: str, name: str) -> None:
-        async with self._write(actor, "ca.delete", {"name": name}) as conn:
-            done = await conn.execute("DELETE FROM approved_cas WHERE name = $1", name)
-            if done == "DELETE 0":
-                raise NotFoundError(f"no approved CA is named {name!r}")
+        await self._delete_named(
+            actor, "ca.delete", "DELETE FROM approved_cas WHERE name = $1", name, "approved CA"
+        )
 
     async def list_cas(self) -> list[dict[str, Any]]:
         cas = await self._fetch("SELECT * FROM approved_cas ORDER BY name")
@@ -727,10 +734,9 @@ class RegistryStore:
             )
 
     async def delete_tsa(self, actor: str, name: str) -> None:
-        async with self._write(actor, "tsa.delete", {"name": name}) as conn:
-            done = await conn.execute("DELETE FROM approved_tsas WHERE name = $1", name)
-            if done == "DELETE 0":
-                raise NotFoundError(f"no approved TSA is named {name!r}")
+        await self._delete_named(
+            actor, "tsa.delete", "DELETE FROM approved_tsas WHERE name = $1", name, "approved TSA"
+        )
 
     async def list_tsas(self) -> list[dict[str, Any]]:
         rows = await self._fetch("SELECT name, url, certificate FROM approved_tsas ORDER BY name")
