@@ -494,6 +494,17 @@ class CatalogueStore:
                 )
         return int(description_id)
 
+    async def _description(
+        self, url: str | None, document: bytes | None, whose: str
+    ) -> tuple[bytes, str]:
+        """The description's bytes (downloaded from ``url`` when not given) and its source:
+        the URL, or the document's SHA-256 when it was given inline."""
+        if document is None:
+            if url is None:
+                raise CatalogueError(f"give {whose} URL or its content")
+            document = await fetch_description(url, session=self._session)
+        return document, url or "sha256:" + hashlib.sha256(document).hexdigest()
+
     async def add_wsdl(
         self,
         actor: str,
@@ -504,12 +515,8 @@ class CatalogueStore:
         address: str | None = None,
     ) -> int:
         """A WSDL from ``url`` (downloaded) or given as ``document``; operations → services."""
-        if document is None:
-            if url is None:
-                raise CatalogueError("give the WSDL's URL or its content")
-            document = await fetch_description(url, session=self._session)
+        document, source = await self._description(url, document, "the WSDL's")
         entries = parse_wsdl(document, address)
-        source = url or "sha256:" + hashlib.sha256(document).hexdigest()
         return await self._add_description(actor, provider, "wsdl", source, document, entries)
 
     async def add_openapi(
@@ -523,12 +530,8 @@ class CatalogueStore:
         address: str | None = None,
     ) -> int:
         """An OpenAPI 3 document (downloaded from ``url`` or given); its operations → endpoints."""
-        if document is None:
-            if url is None:
-                raise CatalogueError("give the OpenAPI document's URL or its content")
-            document = await fetch_description(url, session=self._session)
+        document, source = await self._description(url, document, "the OpenAPI document's")
         entry = parse_openapi(document, service_code, address)
-        source = url or "sha256:" + hashlib.sha256(document).hexdigest()
         return await self._add_description(actor, provider, "openapi", source, document, [entry])
 
     async def add_rest(self, actor: str, provider: str, service_code: str, base_url: str) -> int:
