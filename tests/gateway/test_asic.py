@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import random
 import shutil
 import subprocess
 import zipfile
@@ -18,6 +19,7 @@ from gateway.asic import (
     AsicEntry,
     AsicError,
     build_container,
+    manifest_xml,
     parse_container,
 )
 
@@ -168,3 +170,113 @@ def test_standard_unzip_reads_the_container(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "mimetype").read_text() == MIMETYPE
     assert (tmp_path / "out" / "request" / "body.bin").read_bytes() == b"\x00\x01 body"
+
+
+# -- which entries are deflated, and the writer against zipfile and unzip ----------------------
+
+JSON_TEXT = b'{"citizen":1234,"name":"\xd8\xb9\xd9\x84\xd9\x8a","city":"Baghdad"}' * 40
+NOISE = random.Random(7).randbytes(200_000)  # as incompressible as compressed data
+
+
+def _methods(data: bytes) -> dict[str, tuple[int, int, int]]:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return {i.filename: (i.compress_type, i.compress_size, i.file_size) for i in zf.infolist()}
+
+
+def test_signatures_tokens_ocsp_proofs_hex_and_small_entries_are_stored() -> None:
+    entries = [
+        AsicEntry("request/ocsp.der", JSON_TEXT, "application/ocsp-response"),
+        AsicEntry("request/proof.bin", JSON_TEXT),
+        AsicEntry("request/timestamp-proof.bin", JSON_TEXT),
+        AsicEntry("request/timestamp-root.hex", JSON_TEXT, "text/plain"),
+        AsicEntry("request/tiny.json", b'{"a":1}', "application/json"),
+        AsicEntry("META-INF/signature-request.p7s", JSON_TEXT),
+        AsicEntry("META-INF/timestamp-request.tst", JSON_TEXT),
+    ]
+    methods = _methods(build_container(entries, modified=WHEN))
+    # Compressible content on purpose: these are stored by kind, without trying.
+    for entry in entries:
+        assert methods[entry.name][0] == zipfile.ZIP_STORED, entry.name
+    assert methods["mimetype"][0] == zipfile.ZIP_STORED
+
+
+def test_text_is_deflated_and_incompressible_data_stored() -> None:
+    entries = [
+        AsicEntry("request/body.bin", JSON_TEXT),
+        AsicEntry("request/chain.pem", JSON_TEXT, "application/pem-certificate-chain"),
+        AsicEntry("response/body.bin", NOISE),
+        AsicEntry("response/small-noise.bin", NOISE[:5000]),
+    ]
+    data = build_container(entries, modified=WHEN)
+    methods = _methods(data)
+    for name in ("request/body.bin", "request/chain.pem", MANIFEST_NAME):
+        method, packed, size = methods[name]
+        assert method == zipfile.ZIP_DEFLATED, name
+        assert packed < size / 2, name
+    assert methods["response/body.bin"][0] == zipfile.ZIP_STORED  # refused by the probe
+    assert methods["response/small-noise.bin"][0] == zipfile.ZIP_STORED  # not smaller
+    assert parse_container(data).as_mapping() == {e.name: e.data for e in entries}
+
+
+def test_compress_false_stores_everything() -> None:
+    entries = [AsicEntry("request/body.bin", JSON_TEXT)]
+    methods = _methods(build_container(entries, modified=WHEN, compress=False))
+    assert {m for m, _, _ in methods.values()} == {zipfile.ZIP_STORED}
+
+
+def test_written_zip_reads_back_with_zipfile_times_and_crcs() -> None:
+    entries = [*ENTRIES, AsicEntry("response/body.bin", JSON_TEXT * 50)]
+    data = build_container(entries, modified=dt.datetime(2031, 12, 31, 23, 59, 59, tzinfo=dt.UTC))
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.testzip() is None
+        infos = zf.infolist()
+        assert [i.filename for i in infos] == [
+            "mimetype",
+            MANIFEST_NAME,
+            *(e.name for e in entries),
+        ]
+        for info in infos:
+            assert info.date_time == (2031, 12, 31, 23, 59, 58)
+            assert info.extra == b""
+            assert info.flag_bits == 0
+        assert zf.read("response/body.bin") == JSON_TEXT * 50
+
+
+def test_manifest_text_is_what_an_xml_serialiser_writes() -> None:
+    from lxml import etree
+
+    entries = [
+        AsicEntry("a.json", b"x", "application/json"),
+        AsicEntry("META-INF/s.p7s", b"x"),
+        AsicEntry("b.bin", b"x", 'text/x-odd;q="1"&<>\'\u00e9'),
+    ]
+    ns = "urn:oasis:names:tc:opendocument:xmlns:manifest:1.0"
+    root = etree.Element(f"{{{ns}}}manifest", nsmap={"manifest": ns})
+    root.set(f"{{{ns}}}version", "1.2")
+    for path, media_type in (("/", MIMETYPE), ("a.json", "application/json"),
+                             ("b.bin", entries[2].media_type)):  # fmt: skip
+        item = etree.SubElement(root, f"{{{ns}}}file-entry")
+        item.set(f"{{{ns}}}full-path", path)
+        item.set(f"{{{ns}}}media-type", media_type)
+    expected = etree.tostring(root, xml_declaration=True, encoding="UTF-8", standalone=True)
+    assert manifest_xml(entries) == expected
+    parsed = parse_container(build_container(entries, modified=WHEN))
+    assert parsed.entries[2].media_type == entries[2].media_type
+
+
+@pytest.mark.parametrize("media_type", ["", "text/plain; charset=utf-8", "a\tb", "x\u2003y"])
+def test_refuses_blank_media_types(media_type: str) -> None:
+    with pytest.raises(AsicError, match="media type"):
+        AsicEntry("a.bin", b"x", media_type)
+
+
+@pytest.mark.skipif(shutil.which("unzip") is None, reason="unzip is not installed")
+def test_standard_unzip_tests_a_container_with_stored_and_deflated_entries(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.asice"
+    entries = [*ENTRIES, AsicEntry("response/body.bin", JSON_TEXT), AsicEntry("n.bin", NOISE)]
+    path.write_bytes(build_container(entries, modified=WHEN))
+    result = subprocess.run(["unzip", "-t", str(path)], capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert b"No errors detected" in result.stdout
