@@ -83,6 +83,7 @@ from security_server.runtime import Clock, NodeRuntime, TlsFiles, utc_now
 from security_server.tls import server_context
 from storage.database import open_pool
 from storage.migrations import apply_migrations
+from storage.sessions import session_changed
 
 if TYPE_CHECKING:
     from security_server.archiver import (
@@ -183,11 +184,12 @@ def archive_store(settings: Settings) -> ArchiveStore:
 def archive_lock(pool: asyncpg.Pool) -> ArchiveLock:
     """The log's archiving turn as a PostgreSQL advisory lock, shared by every process that
     uses the same database (session lock on one pooled connection; a lost connection drops it,
-    and asyncpg's connection reset on release unlocks it in any case)."""
+    and the pool's full session reset on release unlocks it in any case)."""
 
     @contextlib.asynccontextmanager
     async def hold(wait: bool) -> AsyncIterator[bool]:
         async with pool.acquire() as conn:
+            session_changed(conn)
             if wait:
                 await conn.execute("SELECT pg_advisory_lock($1)", ARCHIVE_LOCK_KEY)
                 held = True
@@ -217,7 +219,7 @@ def build_archiver(
 
     The configuration history is brought up to date with the version in ``DIR/globalconf``.
     """
-    from security_server.archiver import Archiver, ConfHistory
+    from security_server.archiver import Archiver, ConfHistory, PostgresArchiveRows
 
     ns = settings.node
     if ns.archive_period not in ("hour", "day"):
@@ -236,6 +238,7 @@ def build_archiver(
         interval_s=float(ns.archive_interval_s),
         clock=clock,
         lock=archive_lock(pool),
+        rows=PostgresArchiveRows(pool),
     )
 
 

@@ -44,6 +44,7 @@ from gateway.hash_tree import MAX_LEAVES
 from gateway.transport import encode_proof
 from security_server.runtime import Clock, ConfSource, utc_now
 from storage.errors import DATABASE_ERRORS, expire_if_lost
+from storage.sessions import session_changed
 from trust_services.tsa_client import DEFAULT_TIMEOUT, request_token
 
 __all__ = [
@@ -226,6 +227,7 @@ class Timestamper:
             total = 0
             try:
                 async with self._pool.acquire() as conn:
+                    session_changed(conn)
                     await conn.execute("SELECT pg_advisory_lock($1)", _PASS_LOCK_KEY)
                     try:
                         while True:

@@ -12,6 +12,7 @@ import structlog
 from config.errors import StorageError
 from storage.embedded import EmbeddedPostgres, database_url
 from storage.migrations import apply_migrations
+from storage.sessions import PooledConnection, reset_if_changed
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +78,13 @@ async def open_pool(
             log.info("embedded PostgreSQL started", pgdata=str(embedded.pgdata))
             url = await ensure_database(server_url, database)
         try:
-            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
+            pool = await asyncpg.create_pool(
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                connection_class=PooledConnection,
+                reset=reset_if_changed,
+            )
         except (OSError, asyncpg.PostgresError) as exc:
             raise StorageError(f"cannot open a pool on {_safe(url)}: {exc}") from exc
         try:

@@ -21,6 +21,7 @@ from importlib.resources.abc import Traversable
 import asyncpg
 
 from config.errors import StorageError
+from storage.sessions import session_changed
 
 _NAME_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x4A495352  # "JISR"
@@ -59,6 +60,7 @@ async def apply_migrations(
     """Apply the pending migrations of ``package``; return the names applied."""
     migrations = load_migrations(package)
     applied_now: list[str] = []
+    session_changed(conn)
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
         await conn.execute(
