@@ -32,6 +32,7 @@ service.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Final
@@ -240,8 +241,8 @@ class ServerProxy:
                 verified, part.client.member, conf, now=now, prefix=SERVER_PROXY
             )
             try:
-                await self._log_request(message, verified, conf)
-                status, headers, body = await self._serve(part, message.body, peer, conf)
+                await self._log_and_admit(message, verified, peer, conf)
+                status, headers, body = await self._serve(part, message.body, conf)
             except FaultError as fault:
                 raise _Trusted(part, conf, fault) from fault
             except JisrError as exc:
@@ -253,6 +254,31 @@ class ServerProxy:
     def _log_body(self, part: RequestPart) -> bool:
         provider = self._rt.catalogue.client(part.service.provider)
         return provider.body_logging if provider is not None else True
+
+    async def _log_and_admit(
+        self,
+        message: TransportMessage,
+        verified: VerifiedMessage,
+        peer: SecurityServer,
+        conf: GlobalConf,
+    ) -> None:
+        """Log the verified request and, at the same time, check that it may be served.
+
+        The two wait on different database statements, so they overlap instead of adding
+        up. Both finish before anything is forwarded; the log's failure is reported first
+        (fail closed), then a refusal. A request refused here stays logged, as before the
+        refusal it was.
+        """
+        part = message.signed_part
+        assert isinstance(part, RequestPart)
+        logged, admitted = await asyncio.gather(
+            self._log_request(message, verified, conf),
+            self._admit(part, peer),
+            return_exceptions=True,
+        )
+        for outcome in (logged, admitted):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _log_request(
         self, message: TransportMessage, verified: VerifiedMessage, conf: GlobalConf
@@ -337,9 +363,8 @@ class ServerProxy:
 
     # ---- serving a trusted request
 
-    async def _serve(
-        self, part: RequestPart, body: bytes, peer: SecurityServer, conf: GlobalConf
-    ) -> Answer:
+    async def _admit(self, part: RequestPart, peer: SecurityServer) -> None:
+        """Refuse a request its peer may not send, a replay, or one meant for another node."""
         now = self._rt.clock()
         self._trust.check_node_hosts(peer, part.client, prefix=SERVER_PROXY)
         if self._replay_store is None:
@@ -357,6 +382,8 @@ class ServerProxy:
                 f"the request is addressed to node {part.target_server}, but this is node "
                 f"{self._rt.server_id}",
             )
+
+    async def _serve(self, part: RequestPart, body: bytes, conf: GlobalConf) -> Answer:
         if part.protocol == "SOAP":
             return await self._serve_soap(part, body, conf)
         return await self._serve_rest(part, body, conf)
