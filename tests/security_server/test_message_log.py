@@ -299,6 +299,12 @@ async def test_the_database_refuses_to_change_or_delete_records(
         for statement in (
             "UPDATE message_log SET message_id = 'forged' WHERE seq = 1",
             "UPDATE message_log SET body = NULL WHERE seq = 1",
+            # Naming a content column is refused even when the value stays the same.
+            "UPDATE message_log SET record = record WHERE seq = 1",
+            "UPDATE message_log SET certificates = certificates, ocsp = ocsp WHERE seq = 2",
+            # A timestamp reference together with a content column: refused as a whole.
+            "UPDATE message_log SET batch_id = NULL, batch_proof = NULL, "
+            "prev_hash = record_hash WHERE seq = 2",
             "DELETE FROM message_log WHERE seq = 1",
             "TRUNCATE message_log CASCADE",
         ):
@@ -320,11 +326,21 @@ async def test_a_timestamp_reference_is_set_once(
             "VALUES ($1, 1, '\\x30'::bytea, 'http://tsa', now()) RETURNING id",
             bytes(32),
         )
+        # Setting it to NULL again (from NULL) is no timestamp either.
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError):
+            await conn.execute("UPDATE message_log SET batch_id = NULL, batch_proof = NULL")
         await conn.execute(
             "UPDATE message_log SET batch_id = $1, batch_proof = '\\x00'::bytea", batch
         )
-        with pytest.raises(asyncpg.IntegrityConstraintViolationError):
-            await conn.execute("UPDATE message_log SET batch_proof = '\\x01'::bytea")
+        assert await conn.fetchval("SELECT batch_id FROM message_log") == batch
+        for statement in (
+            "UPDATE message_log SET batch_proof = '\\x01'::bytea",
+            "UPDATE message_log SET batch_id = batch_id",
+            "UPDATE message_log SET batch_id = NULL, batch_proof = NULL",
+        ):
+            with pytest.raises(asyncpg.IntegrityConstraintViolationError):
+                await conn.execute(statement)
+        assert await conn.fetchval("SELECT batch_proof FROM message_log") == b"\x00"
         with pytest.raises(asyncpg.IntegrityConstraintViolationError):
             await conn.execute("UPDATE timestamp_batches SET tsa_url = 'http://other'")
     finally:
