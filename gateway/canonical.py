@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -32,11 +32,15 @@ from cryptography.hazmat.primitives import serialization
 __all__ = ["canonical_json", "der_of", "digest_of", "format_time", "parse_strict_json"]
 
 
+#: One encoder for every call (``json.dumps`` with options builds a new one each time).
+_CANONICAL: Final = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+)
+
+
 def canonical_json(value: object) -> bytes:
     """The one byte form Jisr signs and digests JSON in."""
-    return json.dumps(
-        value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
-    ).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8")
 
 
 def parse_strict_json(text: str) -> Any:
@@ -69,6 +73,21 @@ def format_time(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: DER of recently seen certificate objects, by identity (the object is kept with its DER, so
+#: an identity is never reused while it is in here). Nodes hold on to the same few certificate
+#: objects (their own, their peers' from the TLS layer, the configuration's) and look their
+#: DER up on every message.
+_DER_BY_ID: dict[int, tuple[x509.Certificate, bytes]] = {}
+_DER_MEMO_MAX: Final = 256
+
+
 def der_of(certificate: x509.Certificate) -> bytes:
     """A certificate's DER bytes: how Jisr compares, indexes and embeds certificates."""
-    return certificate.public_bytes(serialization.Encoding.DER)
+    known = _DER_BY_ID.get(id(certificate))
+    if known is not None and known[0] is certificate:
+        return known[1]
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    if len(_DER_BY_ID) >= _DER_MEMO_MAX:
+        _DER_BY_ID.pop(next(iter(_DER_BY_ID)), None)
+    _DER_BY_ID[id(certificate)] = (certificate, der)
+    return der

@@ -241,7 +241,17 @@ def format_time(when: dt.datetime) -> str:
     """Times in the canonical form: UTC with microseconds, ``2026-11-01T12:00:00.000000Z``."""
     if when.tzinfo is None:
         raise ValueError("times in a log record must be timezone-aware")
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    u = when.astimezone(dt.UTC)
+    # By hand: strftime costs several times as much, twice for every record written.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031 (faster than an f-string)
+        u.year,
+        u.month,
+        u.day,
+        u.hour,
+        u.minute,
+        u.second,
+        u.microsecond,
+    )
 
 
 def _sha256_hex(data: bytes) -> str:

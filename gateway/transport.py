@@ -113,9 +113,14 @@ def format_time(when: dt.datetime) -> str:
     u = when.astimezone(dt.UTC)
     # Formatted by hand: strftime costs several times as much, on every message sent and
     # received (a four-digit year is what the parser accepts in any case).
-    return (
-        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}."
-        f"{u.microsecond // 1000:03d}Z"
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 (faster than an f-string)
+        u.year,
+        u.month,
+        u.day,
+        u.hour,
+        u.minute,
+        u.second,
+        u.microsecond // 1000,
     )
 
 

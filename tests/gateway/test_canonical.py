@@ -6,9 +6,10 @@ import datetime as dt
 import math
 
 import pytest
+from cryptography import x509
 
 from gateway import globalconf
-from gateway.canonical import canonical_json, digest_of, format_time, parse_strict_json
+from gateway.canonical import canonical_json, der_of, digest_of, format_time, parse_strict_json
 
 
 def test_members_are_sorted_without_whitespace_and_non_ascii_is_kept() -> None:
@@ -52,3 +53,19 @@ def test_strict_parsing_refuses_what_python_would_accept(text: str, problem: str
     with pytest.raises(ValueError, match=problem):
         parse_strict_json(text)
     assert parse_strict_json('{"a":[1,"x",null]}') == {"a": [1, "x", None]}
+
+
+def test_der_of_answers_each_certificate_object_with_its_own_der() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.pki_factory import FixturePki
+
+    pki = FixturePki.create()
+    certificates = [pki.root.cert, pki.issue("one").cert, pki.issue("two").cert]
+    for _ in range(2):  # the second round is answered from the memo
+        for certificate in certificates:
+            assert der_of(certificate) == certificate.public_bytes(serialization.Encoding.DER)
+    # A new object with the same DER gets the same bytes.
+    again = x509.load_der_x509_certificate(der_of(certificates[1]))
+    assert again is not certificates[1]
+    assert der_of(again) == der_of(certificates[1])
