@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -49,7 +50,7 @@ from gateway.asic import (
     parse_container,
 )
 from gateway.globalconf import GlobalConf
-from gateway.log_record import CONSUMER_DIRECTIONS, LogRecord
+from gateway.log_record import CONSUMER_DIRECTIONS, Direction, LogRecord, chain_hash
 from gateway.transport import decode_proof, encode_proof, root_content
 
 ARCHIVE_FORMAT: Final = "jisr-archive/1"
@@ -532,6 +533,11 @@ class ArchiveWriter:
     def add_trust(self, name: str, data: bytes) -> None:
         self._write(name, data, zipfile.ZIP_DEFLATED)
 
+    def discard(self) -> None:
+        """Stop writing an archive that will not be finished (its file is then deleted)."""
+        with contextlib.suppress(OSError, ValueError):
+            self._zip.close()
+
     def finish(self, linking: LinkingFile) -> bytes:
         """Write the linking file and the ZIP directory; returns the linking file's bytes."""
         data = linking.to_bytes()
@@ -735,38 +741,235 @@ class ExchangeEvidence:
         return next((m for m in self.messages if m.role == role), None)
 
 
-def _role_of(record: LogRecord) -> Role:
+_REQUEST_DIRECTIONS: Final = frozenset({"request_out", "request_in"})
+_DIRECTIONS: Final = frozenset({"request_out", "response_in", "request_in", "response_out"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ArchiveRecord:
+    """A timestamped log record in the form an archive needs.
+
+    What the archive only copies stays bytes, exactly as stored: the canonical record, the
+    signed part, body, signature, proof, certificates, OCSP response, the batch token and the
+    record's encoded proof in its timestamp batch. The few values an archive lists (ids,
+    times, the configuration version) are taken from the canonical record.
+    """
+
+    seq: int
+    node: str
+    logged_at: dt.datetime
+    direction: Direction
+    message_id: str
+    client: str
+    service: str
+    user_id: str | None
+    issue: str | None
+    created_at: dt.datetime
+    conf_version: int
+    record: bytes
+    signed_part: bytes
+    body: bytes | None
+    signature: bytes
+    proof: bytes
+    certificates: tuple[bytes, ...]
+    ocsp: bytes
+    prev_hash: bytes
+    record_hash: bytes
+    batch_id: int
+    tsa_url: str
+    token: bytes
+    batch_root: bytes
+    batch_proof: bytes
+
+    @property
+    def is_request(self) -> bool:
+        return self.direction in _REQUEST_DIRECTIONS
+
+    @property
+    def role(self) -> Role:
+        return "request" if self.is_request else "response"
+
+    @property
+    def exchange_key(self) -> tuple[str, str, bool]:
+        """What the records of one exchange container share: message id, client, side."""
+        return (self.message_id, self.client, self.direction in CONSUMER_DIRECTIONS)
+
+    @classmethod
+    def of(cls, record: LogRecord | ArchiveRecord) -> ArchiveRecord:
+        """The archive form of a parsed, timestamped log record."""
+        if isinstance(record, ArchiveRecord):
+            return record
+        stamp = record.timestamp
+        if stamp is None:
+            raise ValueError(f"record {record.seq} is not timestamped yet; archive it later")
+        entry = record.entry
+        return cls(
+            seq=record.seq,
+            node=str(record.node),
+            logged_at=record.logged_at,
+            direction=entry.direction,
+            message_id=entry.message_id,
+            client=str(entry.client),
+            service=str(entry.service),
+            user_id=entry.user_id,
+            issue=entry.issue,
+            created_at=entry.created_at,
+            conf_version=entry.conf_version,
+            record=record.canonical_bytes(),
+            signed_part=entry.signed_part,
+            body=entry.body,
+            signature=entry.signature,
+            proof=entry.proof,
+            certificates=tuple(entry.certificates),
+            ocsp=entry.ocsp,
+            prev_hash=record.prev_hash,
+            record_hash=record.record_hash,
+            batch_id=stamp.batch.batch_id,
+            tsa_url=stamp.batch.tsa_url,
+            token=stamp.batch.token,
+            batch_root=stamp.batch.root,
+            batch_proof=encode_proof(stamp.proof),
+        )
+
+    @classmethod
+    def from_stored(
+        cls,
+        record: bytes,
+        *,
+        signed_part: bytes,
+        body: bytes | None,
+        signature: bytes,
+        proof: bytes,
+        certificates: Sequence[bytes],
+        ocsp: bytes,
+        prev_hash: bytes,
+        record_hash: bytes,
+        batch_id: int,
+        tsa_url: str,
+        token: bytes,
+        batch_root: bytes,
+        batch_proof: bytes,
+    ) -> ArchiveRecord:
+        """A record as the message log stores it (its columns), read without rebuilding the
+        record: the canonical bytes must hash, after ``prev_hash``, to ``record_hash`` (so the
+        values taken from them are the chained ones) and the proof must be well formed.
+        Raises :class:`ArchiveFormatError` naming the record otherwise."""
+        if len(prev_hash) != 32 or chain_hash(prev_hash, record) != record_hash:
+            raise ArchiveFormatError(
+                "a stored record does not hash to its record hash; the log was changed"
+            )
+        try:
+            top = json.loads(record)
+            seq = top["seq"]
+            node, client, service = top["node"], top["client"], top["service"]
+            value = cls(
+                seq=seq,
+                node=_slash(node, ("instance", "member_class", "member_code", "server_code")),
+                logged_at=_record_time(top["logged_at"]),
+                direction=top["direction"],
+                message_id=top["message_id"],
+                client=_slash(
+                    client, ("instance", "member_class", "member_code", "subsystem_code")
+                ),
+                service=_slash(
+                    service,
+                    (
+                        "instance",
+                        "member_class",
+                        "member_code",
+                        "subsystem_code",
+                        "service_code",
+                        "service_version",
+                    ),
+                ),
+                user_id=top["user_id"],
+                issue=top["issue"],
+                created_at=_record_time(top["created_at"]),
+                conf_version=top["conf_version"],
+                record=record,
+                signed_part=signed_part,
+                body=body,
+                signature=signature,
+                proof=proof,
+                certificates=tuple(certificates),
+                ocsp=ocsp,
+                prev_hash=prev_hash,
+                record_hash=record_hash,
+                batch_id=batch_id,
+                tsa_url=tsa_url,
+                token=token,
+                batch_root=batch_root,
+                batch_proof=batch_proof,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ArchiveFormatError(f"a stored record cannot be read: {exc}") from exc
+        if (
+            not isinstance(value.seq, int)
+            or isinstance(value.seq, bool)
+            or value.seq < 1
+            or value.direction not in _DIRECTIONS
+            or not isinstance(value.message_id, str)
+            or not isinstance(value.conf_version, int)
+            or not all(isinstance(v, str | None) for v in (value.user_id, value.issue))
+        ):
+            raise ArchiveFormatError("a stored record has members of the wrong type")
+        if len(batch_proof) < 9 or len(batch_proof) != 9 + 32 * batch_proof[8]:
+            raise ArchiveFormatError(f"record {value.seq}: its timestamp proof is malformed")
+        return value
+
+
+def _slash(value: object, keys: Sequence[str]) -> str:
+    """An identifier's slash form (``str()`` of the identifier), null parts left out."""
+    if not isinstance(value, dict):
+        raise TypeError("an identifier must be an object")
+    parts = []
+    for key in keys:
+        part = value[key]
+        if part is not None:
+            if not isinstance(part, str) or "/" in part:
+                raise ValueError(f"identifier part {key!r} is not a plain string")
+            parts.append(part)
+    return "/".join(parts)
+
+
+def _record_time(text: object) -> dt.datetime:
+    """A canonical record's time (``2026-11-01T12:00:00.250000Z``)."""
+    if not isinstance(text, str) or not text.endswith("Z"):
+        raise ValueError(f"{text!r} is not a record time")
+    return dt.datetime.fromisoformat(text[:-1]).replace(tzinfo=dt.UTC)
+
+
+def _role_of(record: LogRecord | ArchiveRecord) -> Role:
+    if isinstance(record, ArchiveRecord):
+        return record.role
     return "request" if record.entry.is_request else "response"
 
 
-def archived_message(record: LogRecord) -> ArchivedMessage:
+def archived_message(record: LogRecord | ArchiveRecord) -> ArchivedMessage:
     """A timestamped log record as the evidence files a container holds for it."""
-    stamp = record.timestamp
-    if stamp is None:
-        raise ValueError(f"record {record.seq} is not timestamped yet; archive it later")
-    entry = record.entry
-    proof = decode_proof(entry.proof)
-    root = hash_tree.root_from_proof(hash_tree.leaf_hash(entry.signed_part), proof)
+    item = ArchiveRecord.of(record)
+    proof = decode_proof(item.proof)
+    root = hash_tree.root_from_proof(hash_tree.leaf_hash(item.signed_part), proof)
     if root is None:
-        raise ValueError(f"record {record.seq}: the logged inclusion proof leads to no root")
+        raise ValueError(f"record {item.seq}: the logged inclusion proof leads to no root")
     return ArchivedMessage(
-        role=_role_of(record),
-        seq=record.seq,
-        prev_hash=record.prev_hash,
-        record_hash=record.record_hash,
-        batch_id=stamp.batch.batch_id,
-        tsa_url=stamp.batch.tsa_url,
-        signed_part=entry.signed_part,
-        body=entry.body,
-        proof=entry.proof,
+        role=item.role,
+        seq=item.seq,
+        prev_hash=item.prev_hash,
+        record_hash=item.record_hash,
+        batch_id=item.batch_id,
+        tsa_url=item.tsa_url,
+        signed_part=item.signed_part,
+        body=item.body,
+        proof=item.proof,
         root_content=root_content(root, proof.tree_size),
-        signature=entry.signature,
-        ocsp=entry.ocsp,
-        chain_pem=chain_pem(entry.certificates),
-        record=record.canonical_bytes(),
-        timestamp_token=stamp.batch.token,
-        timestamp_proof=encode_proof(stamp.proof),
-        timestamp_root=stamp.batch.root.hex().encode("ascii"),
+        signature=item.signature,
+        ocsp=item.ocsp,
+        chain_pem=chain_pem(item.certificates),
+        record=item.record,
+        timestamp_token=item.token,
+        timestamp_proof=item.batch_proof,
+        timestamp_root=item.batch_root.hex().encode("ascii"),
     )
 
 
@@ -840,7 +1043,7 @@ def evidence_entries(
 
 
 def exchange_entries(
-    records: Sequence[LogRecord],
+    records: Sequence[LogRecord | ArchiveRecord],
     *,
     trust: Mapping[str, bytes] | None = None,
     sources: Sequence[Source] = (),
@@ -849,23 +1052,24 @@ def exchange_entries(
     exchange, each timestamped)."""
     if not records:
         raise ValueError("an exchange container holds one request and/or one response")
-    first = records[0].entry
-    for record in records[1:]:
-        if (record.entry.message_id, record.entry.client) != (first.message_id, first.client):
+    items = [ArchiveRecord.of(r) for r in records]
+    first = items[0]
+    for item in items[1:]:
+        if (item.message_id, item.client) != (first.message_id, first.client):
             raise ValueError("the records of one container must belong to one exchange")
     return evidence_entries(
-        str(records[0].node),
+        first.node,
         first.message_id,
-        str(first.client),
-        str(first.service),
-        [archived_message(r) for r in records],
+        first.client,
+        first.service,
+        [archived_message(r) for r in items],
         trust=trust,
         sources=sources,
     )
 
 
 def build_exchange_container(
-    records: Sequence[LogRecord],
+    records: Sequence[LogRecord | ArchiveRecord],
     *,
     modified: dt.datetime,
     trust: Mapping[str, bytes] | None = None,
@@ -1027,63 +1231,91 @@ def trust_material(
 class ArchiveBuilder:
     """Writes an archive record by record, holding in memory only exchanges still open.
 
-    Records must come in sequence order, consecutive and timestamped. An exchange's container
-    is written once it has both its request and its response; the rest are written by
+    Records must come in sequence order, consecutive, chained (each one's previous-record hash
+    is the record hash of the one before) and timestamped. An exchange's container is written
+    as soon as it has both its request and its response; the rest are written by
     :meth:`finish`. Containers are named by their first record, so the order they are written
-    in does not matter.
+    in does not matter. Besides the open exchanges, only what the linking file lists is kept
+    (one small entry per container), so a builder fed page by page holds one page at a time.
     """
 
     def __init__(self, fileobj: IO[bytes], *, created_at: dt.datetime) -> None:
         self._writer = ArchiveWriter(fileobj, created_at=created_at)
         self._created_at = created_at
-        self._open: dict[tuple[str, str, bool], list[LogRecord]] = {}
+        self._open: dict[tuple[str, str, bool], list[ArchiveRecord]] = {}
         self._listed: list[ListedContainer] = []
-        self._first: LogRecord | None = None
-        self._last: LogRecord | None = None
+        self._node: str | None = None
+        self._first_seq: int | None = None
+        self._first_prev_hash: bytes | None = None
+        self._last_seq: int | None = None
+        self._last_hash: bytes | None = None
+        #: The global-configuration versions the records added name.
+        self.conf_versions: set[int] = set()
         self.count = 0
 
     @property
     def last_seq(self) -> int | None:
-        return self._last.seq if self._last is not None else None
+        return self._last_seq
 
-    def add(self, record: LogRecord) -> None:
-        if record.timestamp is None:
-            raise ValueError(f"record {record.seq} is not timestamped yet; archive it later")
-        if self._last is not None and record.seq != self._last.seq + 1:
-            raise ValueError(f"record {record.seq} does not follow record {self._last.seq}")
-        entry = record.entry
-        key = (entry.message_id, str(entry.client), entry.direction in CONSUMER_DIRECTIONS)
+    @property
+    def first_seq(self) -> int | None:
+        return self._first_seq
+
+    def add(self, record: LogRecord | ArchiveRecord) -> None:
+        item = ArchiveRecord.of(record)
+        if self._last_seq is not None:
+            if item.seq != self._last_seq + 1:
+                raise ValueError(f"record {item.seq} does not follow record {self._last_seq}")
+            if item.prev_hash != self._last_hash:
+                raise ValueError(
+                    f"record {item.seq} does not chain to record {self._last_seq} (its "
+                    "previous-record hash is not that record's hash)"
+                )
+        key = item.exchange_key
         group = self._open.get(key)
-        if group is not None and any(_role_of(r) == _role_of(record) for r in group):
+        if group is not None and any(r.role == item.role for r in group):
             self._write(self._open.pop(key))
             group = None
         if group is None:
             group = self._open[key] = []
-        group.append(record)
+        group.append(item)
         if len(group) == len(ROLES):
             self._write(self._open.pop(key))
-        if self._first is None:
-            self._first = record
-        self._last = record
+        if self._first_seq is None:
+            self._node = item.node
+            self._first_seq = item.seq
+            self._first_prev_hash = item.prev_hash
+        self._last_seq = item.seq
+        self._last_hash = item.record_hash
+        self.conf_versions.add(item.conf_version)
         self.count += 1
 
-    def _write(self, group: list[LogRecord]) -> None:
+    def discard(self) -> None:
+        """Give up this archive: nothing more is written (the caller deletes the file)."""
+        self._open.clear()
+        self._writer.discard()
+
+    def add_all(self, records: Iterable[LogRecord | ArchiveRecord]) -> None:
+        for record in records:
+            self.add(record)
+
+    def _write(self, group: list[ArchiveRecord]) -> None:
         name = container_name(group[0].seq)
         data = build_exchange_container(group, modified=self._created_at)
         self._writer.add_container(name, data)
-        entry = group[0].entry
+        first = group[0]
         self._listed.append(
             ListedContainer(
                 name=name,
                 sha256=sha256_hex(data),
                 size=len(data),
-                message_id=entry.message_id,
-                client=str(entry.client),
-                service=str(entry.service),
-                user_id=entry.user_id,
-                issue=entry.issue,
-                created_at=entry.created_at,
-                roles=tuple(_role_of(r) for r in group),
+                message_id=first.message_id,
+                client=first.client,
+                service=first.service,
+                user_id=first.user_id,
+                issue=first.issue,
+                created_at=first.created_at,
+                roles=tuple(r.role for r in group),
                 record_sequences=tuple(r.seq for r in group),
             )
         )
@@ -1098,7 +1330,13 @@ class ArchiveBuilder:
         trust: Mapping[str, bytes],
     ) -> tuple[LinkingFile, bytes]:
         """Write the open exchanges, the trust material and the linking file."""
-        if self._first is None or self._last is None:
+        if (
+            self._node is None
+            or self._first_seq is None
+            or self._first_prev_hash is None
+            or self._last_seq is None
+            or self._last_hash is None
+        ):
             raise ValueError("an archive holds at least one record")
         for group in self._open.values():
             self._write(group)
@@ -1106,7 +1344,7 @@ class ArchiveBuilder:
         for name, data in sorted(trust.items()):
             self._writer.add_trust(name, data)
         linking = LinkingFile(
-            node=str(self._first.node),
+            node=self._node,
             sequence=sequence,
             created_at=self._created_at,
             period_start=period_start,
@@ -1114,10 +1352,10 @@ class ArchiveBuilder:
             previous=previous,
             records=RecordSpan(
                 count=self.count,
-                first_sequence=self._first.seq,
-                last_sequence=self._last.seq,
-                first_prev_hash=self._first.prev_hash.hex(),
-                last_hash=self._last.record_hash.hex(),
+                first_sequence=self._first_seq,
+                last_sequence=self._last_seq,
+                first_prev_hash=self._first_prev_hash.hex(),
+                last_hash=self._last_hash.hex(),
             ),
             containers=tuple(sorted(self._listed, key=lambda c: c.name)),
             trust=trust_files(trust),
@@ -1127,7 +1365,7 @@ class ArchiveBuilder:
 
 def write_archive(
     fileobj: IO[bytes],
-    records: Sequence[LogRecord],
+    records: Iterable[LogRecord | ArchiveRecord],
     *,
     sequence: int,
     previous: PreviousArchive | None,
@@ -1141,8 +1379,7 @@ def write_archive(
     Returns the linking file and its bytes (whose SHA-256 the next archive names).
     """
     builder = ArchiveBuilder(fileobj, created_at=created_at)
-    for record in records:
-        builder.add(record)
+    builder.add_all(records)
     return builder.finish(
         sequence=sequence,
         previous=previous,

@@ -280,7 +280,12 @@ def _cpu() -> float:
 
 async def archive_pass(url: str, history_dir: Path, archive_dir: Path) -> dict[str, Any]:
     """One archiving pass as ``jisr node archive --now`` runs it; its cost, from this process."""
-    from security_server.archiver import Archiver, ConfHistory, DirectoryStore
+    from security_server.archiver import (
+        Archiver,
+        ConfHistory,
+        DirectoryStore,
+        PostgresArchiveRows,
+    )
     from security_server.message_log import PostgresMessageLog
     from tests.audit.evidence import HJC_SS1
 
@@ -288,7 +293,14 @@ async def archive_pass(url: str, history_dir: Path, archive_dir: Path) -> dict[s
     pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
     try:
         log = PostgresMessageLog(pool, HJC_SS1, clock=clock)
-        archiver = Archiver(log, DirectoryStore(archive_dir), ConfHistory(history_dir), clock=clock)
+        # As the node assembles it (security_server.node.build_archiver), without the lock.
+        archiver = Archiver(
+            log,
+            DirectoryStore(archive_dir),
+            ConfHistory(history_dir),
+            clock=clock,
+            rows=PostgresArchiveRows(pool),
+        )
         await log.archived_through()  # connections open before measuring
         rss_before = _rss_bytes()
         cpu_before, wall_before = _cpu(), time.perf_counter()

@@ -145,8 +145,16 @@ class AsicContainer:
         return {e.name: e.data for e in self.entries}
 
 
+#: Names already checked and found good: containers repeat the same few names, and a
+#: check is a regular expression and a split. Bounded; only good names are kept.
+_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES_MAX: Final = 4096
+
+
 def check_name(name: str) -> str:
     """Refuse an entry name that could escape a directory or be read two ways."""
+    if name in _GOOD_NAMES and type(name) is str:
+        return name
     if (
         not isinstance(name, str)
         or len(name) > MAX_NAME_LENGTH
@@ -159,6 +167,8 @@ def check_name(name: str) -> str:
         )
     if name in ("mimetype", MANIFEST_NAME):
         raise AsicError(f"entry name {name} is reserved for the container itself")
+    if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+        _GOOD_NAMES.add(name)
     return name
 
 

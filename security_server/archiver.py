@@ -50,12 +50,14 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import IO, Any, Final, Literal, Protocol
 
+import asyncpg
 import structlog
 
 from audit.archive_format import (
     ARCHIVE_SUFFIX,
     ArchiveBuilder,
     ArchiveReader,
+    ArchiveRecord,
     LinkingFile,
     PreviousArchive,
     read_linking,
@@ -72,14 +74,17 @@ from security_server.runtime import Clock, utc_now
 
 __all__ = [
     "ArchiveLock",
+    "ArchiveRows",
     "ArchiveSource",
     "ArchiveStore",
     "Archiver",
     "ConfHistory",
     "DirectoryStore",
+    "PostgresArchiveRows",
     "S3Client",
     "S3Store",
     "StoredArchive",
+    "Waiting",
     "s3_store",
 ]
 
@@ -92,8 +97,9 @@ DEFAULT_MAX_RECORDS: Final = 10_000
 #: How long after a period ends its archive is written (late records from other workers).
 DEFAULT_GRACE: Final = dt.timedelta(minutes=2)
 DEFAULT_INTERVAL_S: Final = 60.0
-#: Records read from the log per query.
-_PAGE: Final = 1000
+#: Records read from the log per query (and held in memory at once by a pass).
+DEFAULT_PAGE: Final = 500
+_MAX_PAGE: Final = 1000
 _PERIODS: Final[dict[str, dt.timedelta]] = {
     "hour": dt.timedelta(hours=1),
     "day": dt.timedelta(days=1),
@@ -125,13 +131,117 @@ class ArchiveSource(Protocol):
         """The last record marked archived (0 when none is)."""
         ...
 
-    async def read_records(self, *, after_seq: int = 0, limit: int = _PAGE) -> list[LogRecord]:
+    async def read_records(
+        self, *, after_seq: int = 0, limit: int = DEFAULT_PAGE
+    ) -> list[LogRecord]:
         """Records after ``after_seq`` in sequence order, with their timestamps (if any)."""
         ...
 
     async def mark_archived(
         self, up_to_seq: int, archive_name: str, *, now: dt.datetime | None = None
     ) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Waiting:
+    """A record still waiting for its timestamp: it and every record after it wait."""
+
+    seq: int
+    logged_at: dt.datetime
+
+
+class ArchiveRows(Protocol):
+    """Reading the log in the form archives need, without rebuilding records
+    (:class:`PostgresArchiveRows`); an archiver without it reads :class:`ArchiveSource`'s
+    parsed records."""
+
+    async def first_waiting(self, after_seq: int) -> Waiting | None:
+        """The first record after ``after_seq`` without a timestamp, if any."""
+        ...
+
+    async def read_for_archive(
+        self, *, after_seq: int, limit: int
+    ) -> list[ArchiveRecord | Waiting]:
+        """Up to ``limit`` records after ``after_seq`` in sequence order, ending early with
+        the first record that waits for its timestamp."""
+        ...
+
+
+_ROWS_QUERY: Final = """
+SELECT seq, logged_at, record, signed_part, body, signature, proof, certificates, ocsp,
+       prev_hash, record_hash, batch_id, batch_proof
+FROM message_log WHERE seq > $1 ORDER BY seq LIMIT $2
+"""
+_BATCHES_QUERY: Final = "SELECT id, tsa_url, token, root FROM timestamp_batches WHERE id = ANY($1)"
+_FIRST_WAITING_QUERY: Final = (
+    "SELECT seq, logged_at FROM message_log WHERE seq > $1 AND batch_id IS NULL "
+    "ORDER BY seq LIMIT 1"
+)
+_DB_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+class PostgresArchiveRows:
+    """:class:`ArchiveRows` over a node's message log in PostgreSQL (the tables of
+    ``security_server.log_migrations``).
+
+    The columns are read as they are and the canonical record is only looked into for the
+    values an archive lists; each timestamp batch (its token) is read once per page, not once
+    per record. Every record must hash, after its previous-record hash, to its record hash
+    (:meth:`ArchiveRecord.from_stored`), and the archive builder checks that the records chain.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def first_waiting(self, after_seq: int) -> Waiting | None:
+        try:
+            row = await self._pool.fetchrow(_FIRST_WAITING_QUERY, after_seq)
+        except _DB_ERRORS as exc:
+            raise ArchiverError(f"cannot read the message log: {exc}") from exc
+        return None if row is None else Waiting(int(row["seq"]), row["logged_at"])
+
+    async def read_for_archive(
+        self, *, after_seq: int, limit: int
+    ) -> list[ArchiveRecord | Waiting]:
+        try:
+            rows = await self._pool.fetch(_ROWS_QUERY, after_seq, limit)
+            ids = sorted({row["batch_id"] for row in rows if row["batch_id"] is not None})
+            batches = {b["id"]: b for b in await self._pool.fetch(_BATCHES_QUERY, ids)}
+        except _DB_ERRORS as exc:
+            raise ArchiverError(f"cannot read the message log: {exc}") from exc
+        items: list[ArchiveRecord | Waiting] = []
+        for row in rows:
+            batch = batches.get(row["batch_id"])
+            if batch is None:
+                items.append(Waiting(int(row["seq"]), row["logged_at"]))
+                break
+            try:
+                item = ArchiveRecord.from_stored(
+                    row["record"],
+                    signed_part=row["signed_part"],
+                    body=row["body"],
+                    signature=row["signature"],
+                    proof=row["proof"],
+                    certificates=row["certificates"],
+                    ocsp=row["ocsp"],
+                    prev_hash=row["prev_hash"],
+                    record_hash=row["record_hash"],
+                    batch_id=batch["id"],
+                    tsa_url=batch["tsa_url"],
+                    token=batch["token"],
+                    batch_root=batch["root"],
+                    batch_proof=row["batch_proof"],
+                )
+            except ArchiveFormatError as exc:
+                raise ArchiverError(
+                    f"record {row['seq']} of the message log cannot be archived: {exc.message}"
+                ) from exc
+            if item.seq != row["seq"]:
+                raise ArchiverError(
+                    f"record {row['seq']} of the message log says it is record {item.seq}"
+                )
+            items.append(item)
+        return items
 
 
 # --- where archives go ---------------------------------------------------------------------------
@@ -465,15 +575,47 @@ def period_start(when: dt.datetime, period: dt.timedelta) -> dt.datetime:
 
 
 @dataclasses.dataclass(slots=True)
-class _Pending:
-    """Records of the period being collected."""
+class _Draft:
+    """An archive being written to a temporary file in the store's staging directory."""
 
     start: dt.datetime
-    records: list[LogRecord]
+    sequence: int
+    previous: PreviousArchive | None
+    path: Path
+    file: IO[bytes]
+    builder: ArchiveBuilder
+
+
+@dataclasses.dataclass(slots=True)
+class _Finished:
+    name: str
+    path: Path
+    linking_bytes: bytes
+    first_seq: int
+    last_seq: int
+
+
+@dataclasses.dataclass(slots=True)
+class _Pass:
+    """What one pass knows while it reads the log page by page."""
+
+    #: Periods starting at or before ``now - period - grace`` are closed.
+    now: dt.datetime
+    #: The period of the first record waiting for a timestamp, when known in advance: it and
+    #: every later period are held back, so no archive of them is started.
+    held_back: dt.datetime | None
+    previous: StoredArchive | None
+    draft: _Draft | None = None
+    done: bool = False
 
 
 class Archiver:
-    """Turns the message log's timestamped records into archives, period by period."""
+    """Turns the message log's timestamped records into archives, period by period.
+
+    A pass streams: records are read a page at a time and fed to the archive being written,
+    whose builder keeps only the exchanges still waiting for their other half and one small
+    entry per container for the linking file. The building runs in a worker thread.
+    """
 
     def __init__(
         self,
@@ -487,11 +629,15 @@ class Archiver:
         interval_s: float = DEFAULT_INTERVAL_S,
         clock: Clock = utc_now,
         lock: ArchiveLock | None = None,
+        rows: ArchiveRows | None = None,
+        page: int = DEFAULT_PAGE,
     ) -> None:
         if period not in _PERIODS:
             raise ConfigError(f"archive period {period!r} is not one of {', '.join(_PERIODS)}")
         if max_records < 1:
             raise ConfigError("max_records must be at least 1")
+        if not 1 <= page <= _MAX_PAGE:
+            raise ConfigError(f"the archiver's page must be 1..{_MAX_PAGE} records")
         self.source = source
         self.store = store
         self.history = history
@@ -500,6 +646,8 @@ class Archiver:
         self.grace = grace
         self.interval_s = interval_s
         self.clock = clock
+        self.rows = rows
+        self.page = page
         self._lock = lock or _no_lock
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -542,138 +690,198 @@ class Archiver:
                     archive_ends_at=last_in_store,
                     log_archived_through=through,
                 )
+        # Closing the open period: every period counts as closed, however recent.
+        now = dt.datetime.max.replace(tzinfo=dt.UTC) if close_open_period else self.clock()
+        held_back = None
+        if self.rows is not None:
+            waiting = await self.rows.first_waiting(through)
+            held_back = None if waiting is None else self._key(waiting.logged_at)
+        state = _Pass(now=now, held_back=held_back, previous=latest)
         written: list[str] = []
-        previous = latest
-        async for records, start in self._closed_groups(through, close_open_period):
-            stored = await self._archive(records, start, previous)
-            written.append(stored.name)
-            previous = stored
+        cursor = through
+        try:
+            while not state.done:
+                page = await self._read(cursor)
+                index = 0
+                while index < len(page) and not state.done:
+                    index, finished = await asyncio.to_thread(self._consume, state, page, index)
+                    if finished is not None:
+                        written.append(await self._store(finished, state))
+                if state.done:
+                    break
+                if page:
+                    cursor = page[-1].seq
+                if len(page) < self.page or isinstance(page[-1], Waiting):
+                    # The end of the log: what is being written is complete (its period is
+                    # closed, or it would not have been started).
+                    if state.draft is not None:
+                        finished = await asyncio.to_thread(self._finish, state)
+                        written.append(await self._store(finished, state))
+                    break
+        finally:
+            if state.draft is not None:
+                await asyncio.to_thread(self._abort, state)
         return written
+
+    async def _read(self, after_seq: int) -> Sequence[ArchiveRecord | Waiting]:
+        """The next page of records after ``after_seq``; a record waiting for its timestamp
+        ends the page (nothing after it is archived in this pass)."""
+        if self.rows is not None:
+            return await self.rows.read_for_archive(after_seq=after_seq, limit=self.page)
+        records = await self.source.read_records(after_seq=after_seq, limit=self.page)
+        items: list[ArchiveRecord | Waiting] = []
+        for record in records:
+            if record.timestamp is None:
+                items.append(Waiting(record.seq, record.logged_at))
+                break
+            items.append(ArchiveRecord.of(record))
+        return items
 
     def _closed(self, start: dt.datetime, now: dt.datetime) -> bool:
         return start + self.period + self.grace <= now
 
-    async def _closed_groups(
-        self, after_seq: int, close_open_period: bool = False
-    ) -> AsyncIterator[tuple[list[LogRecord], dt.datetime]]:
-        """Runs of records to archive, in order: whole closed periods, cut at ``max_records``."""
-        # Closing the open period: every period counts as closed, however recent.
-        now = dt.datetime.max.replace(tzinfo=dt.UTC) if close_open_period else self.clock()
-        pending: _Pending | None = None
-        cursor = after_seq
-        while True:
-            page = await self.source.read_records(after_seq=cursor, limit=_PAGE)
-            for record in page:
-                key = self._key(record)
-                if record.timestamp is None:
-                    # Everything from here waits for its timestamp, and so does the period
-                    # being collected unless this record already belongs to a later one.
-                    if (
-                        pending is not None
-                        and pending.records
-                        and key > pending.start
-                        and self._closed(pending.start, now)
-                    ):
-                        yield pending.records, pending.start
-                    return
-                if pending is not None and key > pending.start:
-                    if not self._closed(pending.start, now):
-                        return
-                    if pending.records:
-                        yield pending.records, pending.start
-                    pending = None
-                if pending is None:
-                    pending = _Pending(key, [])
-                pending.records.append(record)
-                cursor = record.seq
-                if len(pending.records) >= self.max_records:
-                    yield pending.records, pending.start
-                    pending = _Pending(pending.start, [])
-            if len(page) < _PAGE:
-                break
-        if pending is not None and pending.records and self._closed(pending.start, now):
-            yield pending.records, pending.start
+    def _key(self, logged_at: dt.datetime) -> dt.datetime:
+        return period_start(logged_at, self.period)
 
-    def _key(self, record: LogRecord) -> dt.datetime:
-        return period_start(record.logged_at, self.period)
+    def _consume(
+        self, state: _Pass, items: Sequence[ArchiveRecord | Waiting], index: int
+    ) -> tuple[int, _Finished | None]:
+        """Feed ``items[index:]`` to the archive being written (worker thread), until an
+        archive is finished (returned with the index of the first item not consumed), the
+        pass is done, or the page is consumed."""
+        while index < len(items):
+            item = items[index]
+            key = self._key(item.logged_at)
+            draft = state.draft
+            if isinstance(item, Waiting):
+                # Everything from here waits for its timestamp, and so does the period being
+                # written unless this record already belongs to a later one.
+                state.done = True
+                if draft is not None and key > draft.start:
+                    return index, self._finish(state)
+                self._abort(state)
+                return index, None
+            if draft is not None and key > draft.start:
+                return index, self._finish(state)
+            if draft is None:
+                if not self._closed(key, state.now) or (
+                    state.held_back is not None and state.held_back <= key
+                ):
+                    state.done = True
+                    return index, None
+                draft = state.draft = self._open(key, state.previous)
+            draft.builder.add(item)
+            index += 1
+            if draft.builder.count >= self.max_records:
+                return index, self._finish(state)
+        return index, None
 
-    async def _archive(
-        self, records: Sequence[LogRecord], start: dt.datetime, previous: StoredArchive | None
-    ) -> StoredArchive:
-        created_at = self.clock()
+    def _open(self, start: dt.datetime, previous: StoredArchive | None) -> _Draft:
         sequence = previous.linking.sequence + 1 if previous is not None else 1
-        previous_ref = previous.as_previous() if previous is not None else None
-        versions = {r.entry.conf_version for r in records}
-        trust = await asyncio.to_thread(
-            lambda: trust_material(self.history.anchor(), self.history.versions_for(versions))
-        )
         try:
-            name, path, linking_bytes = await asyncio.to_thread(
-                self._write_file,
-                records,
-                sequence=sequence,
-                previous=previous_ref,
-                start=start,
-                created_at=created_at,
-                trust=trust,
+            self.store.staging.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(
+                prefix=".archive-", suffix=".partial", dir=self.store.staging
             )
-            location = await asyncio.to_thread(self.store.put, name, path, linking_bytes)
-        except (OSError, JisrError) as exc:
+        except OSError as exc:
             raise ArchiverError(
-                f"cannot write archive {sequence} (records {records[0].seq}..{records[-1].seq}): "
-                f"{exc}; the records stay in the log and are archived on the next pass"
+                f"cannot write archive {sequence} in {self.store.staging}: {exc}; the records "
+                "stay in the log and are archived on the next pass"
             ) from exc
-        await self.source.mark_archived(records[-1].seq, name, now=self.clock())
-        self.written.append((name, location))
-        _log.info(
-            "archive_written",
-            archive=name,
-            location=location,
-            first_seq=records[0].seq,
-            last_seq=records[-1].seq,
-        )
-        return StoredArchive(name, linking_bytes)
-
-    def _write_file(
-        self,
-        records: Sequence[LogRecord],
-        *,
-        sequence: int,
-        previous: PreviousArchive | None,
-        start: dt.datetime,
-        created_at: dt.datetime,
-        trust: Mapping[str, bytes],
-    ) -> tuple[str, Path, bytes]:
-        self.store.staging.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".archive-", suffix=".partial", dir=self.store.staging)
         path = Path(temp)
         try:
-            with os.fdopen(fd, "wb") as f:
-                builder = ArchiveBuilder(f, created_at=created_at)
-                for record in records:
-                    builder.add(record)
-                linking, linking_bytes = builder.finish(
-                    sequence=sequence,
-                    previous=previous,
-                    period_start=start,
-                    period_end=start + self.period,
-                    trust=trust,
-                )
-                f.flush()
-                os.fsync(f.fileno())
+            file = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            path.unlink()
+            raise
+        return _Draft(
+            start=start,
+            sequence=sequence,
+            previous=previous.as_previous() if previous is not None else None,
+            path=path,
+            file=file,
+            builder=ArchiveBuilder(file, created_at=self.clock()),
+        )
+
+    def _abort(self, state: _Pass) -> None:
+        draft, state.draft = state.draft, None
+        if draft is not None:
+            draft.builder.discard()
+            with contextlib.suppress(OSError):
+                draft.file.close()
+            with contextlib.suppress(OSError):
+                draft.path.unlink()
+
+    def _finish(self, state: _Pass) -> _Finished:
+        """Complete the archive being written: trust material, linking file, ``fsync``, and a
+        read-back of what was written (worker thread)."""
+        draft = state.draft
+        assert draft is not None
+        builder = draft.builder
+        try:
+            trust = trust_material(
+                self.history.anchor(), self.history.versions_for(builder.conf_versions)
+            )
+            linking, linking_bytes = builder.finish(
+                sequence=draft.sequence,
+                previous=draft.previous,
+                period_start=draft.start,
+                period_end=draft.start + self.period,
+                trust=trust,
+            )
+            draft.file.flush()
+            os.fsync(draft.file.fileno())
+            draft.file.close()
             # Read back what was written: a store must never receive a damaged archive. The
             # comparison is with the linking bytes, not the object: the file keeps times to the
             # millisecond, while the clock and the messages' times carry microseconds.
-            with ArchiveReader(str(path), label=linking.name) as reader:
-                if reader.linking_bytes() != linking_bytes or read_linking(reader) != (
-                    LinkingFile.from_bytes(linking_bytes)
+            with ArchiveReader(str(draft.path), label=linking.name) as reader:
+                if reader.linking_bytes() != linking_bytes or read_linking(reader).name != (
+                    linking.name
                 ):
                     raise ArchiverError(f"archive {linking.name} did not read back as written")
+        except (OSError, JisrError) as exc:
+            self._abort(state)
+            raise ArchiverError(
+                f"cannot write archive {draft.sequence} (records {builder.first_seq}.."
+                f"{builder.last_seq}): {exc}; the records stay in the log and are archived on "
+                "the next pass"
+            ) from exc
         except BaseException:
-            with contextlib.suppress(OSError):
-                path.unlink()
+            self._abort(state)
             raise
-        return linking.name, path, linking_bytes
+        state.draft = None
+        span = linking.records
+        return _Finished(
+            linking.name, draft.path, linking_bytes, span.first_sequence, span.last_sequence
+        )
+
+    async def _store(self, finished: _Finished, state: _Pass) -> str:
+        """Hand a finished archive to the store, then mark its records archived."""
+        try:
+            location = await asyncio.to_thread(
+                self.store.put, finished.name, finished.path, finished.linking_bytes
+            )
+        except (OSError, JisrError) as exc:
+            with contextlib.suppress(OSError):
+                finished.path.unlink()
+            raise ArchiverError(
+                f"cannot store archive {finished.name} (records {finished.first_seq}.."
+                f"{finished.last_seq}): {exc}; the records stay in the log and are archived on "
+                "the next pass"
+            ) from exc
+        await self.source.mark_archived(finished.last_seq, finished.name, now=self.clock())
+        self.written.append((finished.name, location))
+        state.previous = StoredArchive(finished.name, finished.linking_bytes)
+        _log.info(
+            "archive_written",
+            archive=finished.name,
+            location=location,
+            first_seq=finished.first_seq,
+            last_seq=finished.last_seq,
+        )
+        return finished.name
 
     # -- background task ------------------------------------------------------------------
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 
-from audit.archive_format import LinkingFile
+from audit.archive_format import ArchiveBuilder, ArchiveRecord, LinkingFile
 from audit.verifier import verify_path
 from gateway.log_record import LogRecord
 from security_server.archiver import (
@@ -22,6 +24,7 @@ from security_server.archiver import (
     ArchiverError,
     ConfHistory,
     DirectoryStore,
+    PostgresArchiveRows,
 )
 from security_server.message_log import PostgresMessageLog
 from security_server.timestamper import Timestamper
@@ -56,6 +59,7 @@ class Node:
     clock: Clock
     archive_dir: Path
     entries: NodeLog
+    pool: asyncpg.Pool
 
     def archiver(self, **options: object) -> Archiver:
         return Archiver(
@@ -106,6 +110,7 @@ async def node(fresh_db_url: str, tmp_path: Path) -> AsyncIterator[Node]:
                         clock,
                         archive_dir,
                         NodeLog(federation),
+                        pool,
                     )
         finally:
             await pool.close()
@@ -250,3 +255,132 @@ async def test_archives_carry_the_configuration_version_each_record_names(node: 
     details = [c.detail for i in report.items for c in i.checks if c.name == "configuration"]
     assert details
     assert all(d.startswith("configuration version 1 (the record names 2;") for d in details)
+
+
+# -- reading the log as stored columns, and streaming ---------------------------------------------
+
+
+class _Unmarked:
+    """The log, read but never marked: the same records can be archived twice."""
+
+    def __init__(self, log: PostgresMessageLog) -> None:
+        self.log = log
+
+    async def archived_through(self) -> int:
+        return 0
+
+    async def read_records(self, *, after_seq: int = 0, limit: int = 1000) -> list[LogRecord]:
+        return await self.log.read_records(after_seq=after_seq, limit=limit)
+
+    async def mark_archived(
+        self, up_to_seq: int, archive_name: str, *, now: dt.datetime | None = None
+    ) -> None:
+        pass
+
+
+async def test_stored_columns_give_the_same_archives_as_parsed_records(
+    node: Node, tmp_path: Path
+) -> None:
+    await node.exchanges(5, START + dt.timedelta(minutes=10))
+    await node.exchanges(2, START + HOUR + dt.timedelta(minutes=10))
+    node.clock.now = START + 3 * HOUR
+    parsed_dir, rows_dir = tmp_path / "parsed", tmp_path / "rows"
+    parsed_dir.mkdir()
+    rows_dir.mkdir()
+    pool = node.pool  # the log's database
+    parsed = Archiver(
+        _Unmarked(node.log), DirectoryStore(parsed_dir), node.history, clock=node.clock,
+        max_records=6, page=4,
+    )  # fmt: skip
+    rows = Archiver(
+        node.log, DirectoryStore(rows_dir), node.history, clock=node.clock,
+        max_records=6, page=4, rows=PostgresArchiveRows(pool),
+    )  # fmt: skip
+    names = await parsed.archive_once()
+    assert await rows.archive_once() == names
+    assert len(names) == 3  # 10 records in the first hour (6 + 4), 4 in the second
+    for name in names:
+        assert (parsed_dir / name).read_bytes() == (rows_dir / name).read_bytes()
+    assert await node.log.archived_through() == 14
+    report = verify_path(rows_dir, anchor=node.federation.anchor)
+    assert report.ok, report.failures()
+
+
+async def test_stored_columns_stop_at_the_first_record_waiting_for_a_timestamp(node: Node) -> None:
+    await node.exchanges(1, START + dt.timedelta(minutes=10))
+    await node.exchanges(1, START + HOUR + dt.timedelta(minutes=10), stamp=False)
+    rows = PostgresArchiveRows(node.pool)
+    waiting = await rows.first_waiting(0)
+    assert waiting is not None
+    assert waiting.seq == 3
+    items = await rows.read_for_archive(after_seq=0, limit=100)
+    assert [type(i).__name__ for i in items] == ["ArchiveRecord", "ArchiveRecord", "Waiting"]
+    assert await rows.first_waiting(3) is not None
+    # The closed first hour is archived; the second waits for its timestamp.
+    node.clock.now = START + 3 * HOUR
+    archiver = node.archiver(rows=rows)
+    assert await archiver.archive_once() == ["archive-00000001-20261101T120000Z.zip"]
+    assert await node.log.archived_through() == 2
+    assert await archiver.archive_once() == []
+    await node.timestamper.timestamp_pending()
+    assert await archiver.archive_once() == ["archive-00000002-20261101T130000Z.zip"]
+
+
+async def test_a_held_back_period_is_not_started_when_the_waiting_record_is_known(
+    node: Node,
+) -> None:
+    await node.exchanges(2, START + dt.timedelta(minutes=10))
+    await node.exchanges(1, START + dt.timedelta(minutes=20), stamp=False)
+    node.clock.now = START + 3 * HOUR
+
+    class Counting(Archiver):
+        opened = 0
+
+        def _open(self, *args: Any) -> Any:
+            self.opened += 1
+            return super()._open(*args)
+
+    archiver = Counting(
+        node.log, DirectoryStore(node.archive_dir), node.history, clock=node.clock,
+        rows=PostgresArchiveRows(node.pool),
+    )  # fmt: skip
+    assert await archiver.archive_once() == []
+    assert archiver.opened == 0  # no archive was begun only to be thrown away
+    assert not list(node.archive_dir.iterdir())
+    # Without knowing in advance, the archive is begun, then thrown away.
+    parsed = Counting(node.log, DirectoryStore(node.archive_dir), node.history, clock=node.clock)
+    assert await parsed.archive_once() == []
+    assert parsed.opened == 1
+    assert not list(node.archive_dir.iterdir())
+
+
+async def test_a_changed_stored_record_stops_the_pass(node: Node) -> None:
+    await node.exchanges(1, START + dt.timedelta(minutes=10))
+    pool = node.pool
+    async with pool.acquire() as conn:
+        # What an intruder with database rights could do: the append-only trigger is theirs
+        # to drop.
+        await conn.execute("ALTER TABLE message_log DISABLE TRIGGER USER")
+        await conn.execute(
+            "UPDATE message_log SET record = convert_to(replace(convert_from(record, 'UTF8'), "
+            "'case-0', 'case-9'), 'UTF8') WHERE seq = 1"
+        )
+    node.clock.now = START + 3 * HOUR
+    archiver = node.archiver(rows=PostgresArchiveRows(pool))
+    with pytest.raises(ArchiverError, match="record 1 of the message log cannot be archived"):
+        await archiver.archive_once()
+    assert await node.log.archived_through() == 0
+    assert not list(node.archive_dir.glob("*"))
+
+
+async def test_records_that_do_not_chain_are_not_archived(node: Node) -> None:
+    await node.exchanges(2, START + dt.timedelta(minutes=10))
+    records = await node.log.read_records()
+    stamped = [ArchiveRecord.of(r) for r in records]
+    builder = ArchiveBuilder(io.BytesIO(), created_at=START + 3 * HOUR)
+    builder.add(stamped[0])
+    with pytest.raises(ValueError, match="does not follow record 1"):
+        builder.add(stamped[2])
+    forged = dataclasses.replace(stamped[1], prev_hash=bytes(32))
+    with pytest.raises(ValueError, match="does not chain to record 1"):
+        builder.add(forged)
