@@ -219,7 +219,7 @@ def build_archiver(
 
     The configuration history is brought up to date with the version in ``DIR/globalconf``.
     """
-    from security_server.archiver import Archiver, ConfHistory, PostgresArchiveRows
+    from security_server.archiver import Archiver, ConfHistory
 
     ns = settings.node
     if ns.archive_period not in ("hour", "day"):
@@ -238,7 +238,6 @@ def build_archiver(
         interval_s=float(ns.archive_interval_s),
         clock=clock,
         lock=archive_lock(pool),
-        rows=PostgresArchiveRows(pool),
     )
 
 
