@@ -219,7 +219,7 @@ def build_archiver(
 
     The configuration history is brought up to date with the version in ``DIR/globalconf``.
     """
-    from security_server.archiver import Archiver, ConfHistory
+    from security_server.archiver import Archiver, ConfHistory, PostgresArchiveRows
 
     ns = settings.node
     if ns.archive_period not in ("hour", "day"):
@@ -238,6 +238,7 @@ def build_archiver(
         interval_s=float(ns.archive_interval_s),
         clock=clock,
         lock=archive_lock(pool),
+        rows=PostgresArchiveRows(pool),
     )
 
 
