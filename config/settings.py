@@ -15,11 +15,17 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from config.errors import ConfigError
 
 DEFAULT_DATA_DIR = Path("jisr-data")
+
+
+#: The log periods an archive may cover (``archive_period``).
+ARCHIVE_PERIODS: Final = ("hour", "day")
+#: The longest ``archive_interval_s``: a week.
+MAX_ARCHIVE_INTERVAL_S: Final = 7 * 86_400
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -88,10 +94,24 @@ class NodeSettings:
     archive_s3_endpoint: str = ""
     #: Log period per archive: ``hour`` or ``day``.
     archive_period: str = "hour"
-    #: Seconds between archiver passes.
+    #: Seconds between archiver passes in ``jisr node serve``; 0 runs no archiver in the node
+    #: (archive with ``jisr node archive --every SECONDS`` as a process of its own instead).
     archive_interval_s: int = 60
     #: Days archived records stay in the database before the retention job deletes them.
     retention_days: int = 30
+
+    def __post_init__(self) -> None:
+        if self.archive_period not in ARCHIVE_PERIODS:
+            raise ConfigError(
+                f"archive_period {self.archive_period!r} must be one of "
+                f"{', '.join(ARCHIVE_PERIODS)}"
+            )
+        if not 0 <= self.archive_interval_s <= MAX_ARCHIVE_INTERVAL_S:
+            raise ConfigError(
+                f"archive_interval_s {self.archive_interval_s} must be 0 (no archiving in the "
+                f"node; run `jisr node archive --every SECONDS`) or 1..{MAX_ARCHIVE_INTERVAL_S} "
+                "seconds"
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

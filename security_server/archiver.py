@@ -48,7 +48,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import IO, Any, Final, Literal, Protocol
+from typing import IO, Any, Final, Literal, Protocol, TypeVar
 
 import asyncpg
 import structlog
@@ -91,6 +91,7 @@ __all__ = [
 _log = structlog.get_logger(__name__)
 
 Period = Literal["hour", "day"]
+_T = TypeVar("_T")
 
 #: Records per archive unless configured otherwise.
 DEFAULT_MAX_RECORDS: Final = 10_000
@@ -566,6 +567,19 @@ class ConfHistory:
 # --- the archiver --------------------------------------------------------------------------------
 
 
+async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
+    """``function(*args)`` in a worker thread. When the caller is cancelled (the node stops),
+    the thread is waited for before the cancellation goes on: the pass's clean-up (deleting a
+    half-written archive) must not run while the thread still writes it."""
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await work
+        raise
+
+
 def period_start(when: dt.datetime, period: dt.timedelta) -> dt.datetime:
     """The start of the period ``when`` falls in (UTC hours or days)."""
     utc = when.astimezone(dt.UTC)
@@ -704,7 +718,7 @@ class Archiver:
                 page = await self._read(cursor)
                 index = 0
                 while index < len(page) and not state.done:
-                    index, finished = await asyncio.to_thread(self._consume, state, page, index)
+                    index, finished = await _in_thread(self._consume, state, page, index)
                     if finished is not None:
                         written.append(await self._store(finished, state))
                 if state.done:
@@ -715,7 +729,7 @@ class Archiver:
                     # The end of the log: what is being written is complete (its period is
                     # closed, or it would not have been started).
                     if state.draft is not None:
-                        finished = await asyncio.to_thread(self._finish, state)
+                        finished = await _in_thread(self._finish, state)
                         written.append(await self._store(finished, state))
                     break
         finally:
@@ -884,6 +898,11 @@ class Archiver:
         return finished.name
 
     # -- background task ------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether passes run in the background (:meth:`start` was called, not :meth:`close`)."""
+        return self._task is not None and not self._task.done()
 
     def wake(self) -> None:
         self._wake.set()

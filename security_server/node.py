@@ -109,6 +109,9 @@ RETENTION_INTERVAL_S = 3600.0
 ARCHIVE_LOCK_KEY = 0x4A4C4152
 CONF_HISTORY_DIR = "conf-history"
 ARCHIVE_DIR = "archives"
+#: Seconds between passes of an archiver built for ``archive_interval_s = 0`` (one pass at a
+#: time, as ``jisr node archive --every`` runs it).
+DEFAULT_ARCHIVE_INTERVAL_S = 60.0
 
 
 @contextlib.asynccontextmanager
@@ -224,8 +227,8 @@ def build_archiver(
     ns = settings.node
     if ns.archive_period not in ("hour", "day"):
         raise ConfigError(f"archive_period {ns.archive_period!r} must be hour or day")
-    if ns.archive_interval_s < 1:
-        raise ConfigError("archive_interval_s must be at least 1 second")
+    # archive_interval_s = 0: no archiver in the node (``jisr node archive --every``).
+    interval_s = float(ns.archive_interval_s or DEFAULT_ARCHIVE_INTERVAL_S)
     history = ConfHistory(
         node_dir.root / CONF_HISTORY_DIR, anchor=node_dir.anchor_file.read_bytes()
     )
@@ -235,7 +238,7 @@ def build_archiver(
         archive_store(settings),
         history,
         period=typing.cast(typing.Literal["hour", "day"], ns.archive_period),
-        interval_s=float(ns.archive_interval_s),
+        interval_s=interval_s,
         clock=clock,
         lock=archive_lock(pool),
         rows=PostgresArchiveRows(pool),
@@ -631,7 +634,8 @@ async def running_node(
         from security_server.archiver import on_conf_change
 
         conf.on_change.append(on_conf_change(archiver.history, node_dir.globalconf_dir))
-        await archiver.start()
+        if ns.archive_interval_s > 0:  # 0: archived by `jisr node archive --every` instead
+            await archiver.start()
         stack.push_async_callback(archiver.close)
 
         used: dict[str, object] = {

@@ -7,12 +7,15 @@ passphrase comes from the environment variable the settings name
 Catalogue commands (``add-client``, ``client``, ``service``, ``access``, ``api-key``) write to
 the node database directly, with an audit row per change (actor ``cli:<user>``); a running node
 picks the change up within seconds. ``archive`` runs one archiving pass beside a running node (the
-passes take turns through a database lock) or without one.
+passes take turns through a database lock) or without one; ``archive --every SECONDS`` keeps
+running passes as a process of its own, for nodes whose own archiver is off
+(``archive_interval_s = 0``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import getpass
 import json
@@ -24,13 +27,20 @@ from typing import Any, TypeVar
 import aiohttp
 import click
 
-from config.errors import ConfigError
-from config.settings import Settings
+from config.errors import ConfigError, JisrError
+from config.settings import MAX_ARCHIVE_INTERVAL_S, Settings
 from gateway.identifiers import parse_client
 from jisr.cli import settings_of
+from jisr.processes import stop_on_signals
 from security_server.catalogue import MAX_DESCRIPTION_BYTES
 from security_server.catalogue_store import CatalogueStore
-from security_server.node import RunningNode, archive_node_log, open_node_database, run_blocking
+from security_server.node import (
+    ArchiveRun,
+    RunningNode,
+    archive_node_log,
+    open_node_database,
+    run_blocking,
+)
 from security_server.node_dir import NodeDir, load_pem_certificates, passphrase_from_env, read_small
 from security_server.node_keys import (
     add_member_key,
@@ -592,11 +602,27 @@ def api_key_create(ctx: click.Context, data_dir: Path | None, name: str | None, 
     help="Timestamp what waits, then archive the current period too, without waiting for it "
     "to end (before maintenance, or to hand evidence over at once).",
 )
+@click.option(
+    "--every",
+    type=click.IntRange(1, MAX_ARCHIVE_INTERVAL_S),
+    default=None,
+    metavar="SECONDS",
+    help="Keep running: a pass every SECONDS until SIGTERM or Ctrl+C (the node's own archiver "
+    "switched off with archive_interval_s = 0).",
+)
 @click.pass_context
-def archive(ctx: click.Context, data_dir: Path | None, close_open_period: bool) -> None:
+def archive(
+    ctx: click.Context, data_dir: Path | None, close_open_period: bool, every: int | None
+) -> None:
     """Archive the message log's closed periods (all timestamped records with --now)."""
     node_dir = _node_dir(ctx, data_dir).require()
-    run = asyncio.run(archive_node_log(node_dir, close_open_period=close_open_period))
+    if every is not None:
+        asyncio.run(_archive_every(node_dir, every, close_open_period))
+        return
+    _echo_archive_run(asyncio.run(archive_node_log(node_dir, close_open_period=close_open_period)))
+
+
+def _echo_archive_run(run: ArchiveRun) -> None:
     if run.timestamped:
         click.echo(f"timestamped {run.timestamped} record(s)")
     if run.timestamping_error:
@@ -613,6 +639,34 @@ def archive(ctx: click.Context, data_dir: Path | None, close_open_period: bool) 
             else "their period is still open (use --now to close it)"
         )
         click.echo(f"{run.unarchived} record(s) not archived yet: {reason}")
+
+
+async def _archive_every(node_dir: NodeDir, every: int, close_open_period: bool) -> None:
+    """``archive --every``: passes until SIGINT or SIGTERM. A pass under way is finished (its
+    archive stored and marked) before the process ends; a failed pass is reported and the
+    next one tries again, like the node's own archiver."""
+    settings = node_dir.load_settings()
+    with stop_on_signals() as stop:
+        async with open_node_database(settings) as pool:
+            click.echo(f"archiving every {every} s; stop with SIGTERM or Ctrl+C")
+            while not stop.is_set():
+                try:
+                    run = await archive_node_log(
+                        node_dir,
+                        close_open_period=close_open_period,
+                        settings=settings,
+                        pool=pool,
+                    )
+                except JisrError as exc:
+                    click.echo(f"error: the archiving pass failed: {exc.message}", err=True)
+                except Exception as exc:  # the loop outlives one pass, as the node's does
+                    click.echo(f"error: the archiving pass failed: {exc!r}", err=True)
+                else:
+                    if run.written or run.timestamping_error:
+                        _echo_archive_run(run)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), every)
+    click.echo("archiving stopped")
 
 
 @node.command()
