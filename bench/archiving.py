@@ -411,8 +411,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 def _table(result: dict[str, Any]) -> str:
     log, p = result["log"], result["pass"]
     rows = [
-        ("records", f"{log['records']} ({log['exchanges']} exchanges, 1 in "
-         f"{log['large_every']} with 100 KiB bodies)"),
+        ("records", f"{log['records']} ({log['exchanges']} exchanges, "
+         + (f"1 in {log['large_every']} with 100 KiB bodies)" if log["large_every"]
+            else "small bodies only)")),
         ("archives written", f"{p['archives']} ({p['archive_bytes'] / 2**20:.1f} MiB)"),
         ("CPU", f"{p['cpu_seconds']:.2f} s, {p['cpu_seconds_per_1000_records']:.3f} s per 1,000 "
          "records"),

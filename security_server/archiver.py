@@ -23,6 +23,15 @@ Rules (``docs/archives-and-audit.md`` is the operator's and auditor's descriptio
   one (equal in everything the auditor checks).
 - Blocking work (ZIP writing, fsync, uploads) runs in a worker thread; the node's event loop is
   never blocked by archiving.
+- A pass streams: records are read a page at a time (500 by default) and fed to the archive
+  being written; only exchanges still waiting for their other half and one small entry per
+  container (for the linking file) stay in memory, whatever the size of the archive. With
+  :class:`PostgresArchiveRows` the records are read as their stored columns and copied into the
+  archive (the canonical record checked against its record hash), not parsed and rebuilt; when
+  the first record waiting for a timestamp is known in advance, a period it holds back is not
+  begun.
+- ``archive_interval_s = 0`` runs no archiver in the node; ``jisr node archive --every`` runs
+  passes as a process of its own, under the same lock.
 - One archiver at a time per log: every pass runs under the ``lock`` given (the node passes a
   PostgreSQL advisory lock, so worker processes and ``jisr node archive`` take turns). A
   background pass that finds the lock taken skips its turn; an explicit pass waits for it.
