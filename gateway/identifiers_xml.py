@@ -70,10 +70,17 @@ def _describe(element: etree._Element) -> str:
     return f"{prefix}:{qname.localname}" if prefix else qname.localname
 
 
+#: The identifier part elements each object type may hold.
+_ALLOWED: Final = {t: frozenset(_REQUIRED[t]) | frozenset(_OPTIONAL[t]) for t in _REQUIRED}
+_ID_TAG_PREFIX: Final = f"{{{ID_NS}}}"
+
+
 def _parts(element: etree._Element, allowed_types: tuple[str, ...]) -> tuple[str, dict[str, str]]:
-    where = _describe(element)
+    # Every SOAP message has two or three identifiers, read on each node: the element names
+    # are compared as lxml's "{namespace}local" strings, and only a refusal describes them.
     object_type = element.get(OBJECT_TYPE)
     if object_type is None:
+        where = _describe(element)
         raise client_fault(
             "InvalidXml",
             f"the {where} element has no id:objectType attribute; add "
@@ -81,44 +88,49 @@ def _parts(element: etree._Element, allowed_types: tuple[str, ...]) -> tuple[str
         )
     object_type = object_type.strip()
     if object_type in _UNSUPPORTED:
+        where = _describe(element)
         raise client_fault(
             "InvalidXml",
             f'the {where} element has id:objectType="{object_type}": {_UNSUPPORTED[object_type]}',
         )
     if object_type not in allowed_types:
+        where = _describe(element)
         expected = " or ".join(allowed_types)
         raise client_fault(
             "InvalidXml",
             f'the {where} element has id:objectType="{object_type}"; here it must be {expected}',
         )
-    allowed = set(_REQUIRED[object_type]) | set(_OPTIONAL[object_type])
+    allowed = _ALLOWED[object_type]
     found: dict[str, str] = {}
     if (element.text or "").strip():
         raise client_fault(
             "InvalidXml",
-            f"the {where} element holds text; identifier parts go in child elements",
+            f"the {_describe(element)} element holds text; identifier parts go in child elements",
         )
     for child in element:
-        if not isinstance(child.tag, str):
+        tag = child.tag
+        if not isinstance(tag, str):
             continue  # comments and processing instructions
-        qname = etree.QName(child)
-        if qname.namespace != ID_NS or qname.localname not in allowed:
+        local = tag[len(_ID_TAG_PREFIX) :] if tag.startswith(_ID_TAG_PREFIX) else ""
+        if local not in allowed:
             raise client_fault(
                 "InvalidXml",
-                f"the {where} element ({object_type}) contains an unexpected element "
-                f"{qname.text}; allowed are {', '.join(sorted(allowed))} in namespace {ID_NS}",
+                f"the {_describe(element)} element ({object_type}) contains an unexpected "
+                f"element {etree.QName(child).text}; allowed are {', '.join(sorted(allowed))} "
+                f"in namespace {ID_NS}",
             )
-        if qname.localname in found:
+        if local in found:
             raise client_fault(
-                "InvalidXml", f"the {where} element repeats id:{qname.localname}; give it once"
+                "InvalidXml", f"the {_describe(element)} element repeats id:{local}; give it once"
             )
         if len(child):
             raise client_fault(
-                "InvalidXml", f"id:{qname.localname} in {where} must hold text, not elements"
+                "InvalidXml", f"id:{local} in {_describe(element)} must hold text, not elements"
             )
-        found[qname.localname] = (child.text or "").strip()
+        found[local] = (child.text or "").strip()
     missing = [part for part in _REQUIRED[object_type] if part not in found]
     if missing:
+        where = _describe(element)
         raise client_fault(
             "InvalidXml",
             f"the {where} element ({object_type}) lacks "

@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import secrets
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,15 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
 
     Parameter names are lower-cased; values keep their case, quoted strings are unquoted.
     """
+    media, params = _parsed_content_type(value)
+    return media, dict(params)
+
+
+# A node sees the same few Content-Type values over and over (SOAP requests and responses are
+# parsed twice on each node), and the scan below is character by character. Refusals raise
+# and are not kept.
+@functools.lru_cache(maxsize=256)
+def _parsed_content_type(value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     text = value.strip()
     media, _, rest = text.partition(";")
     media = media.strip().lower()
@@ -86,7 +96,7 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
                 "InvalidContentType", f"Content-Type {value!r} has a malformed parameter name"
             )
         params[name] = param
-    return media, params
+    return media, tuple(params.items())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

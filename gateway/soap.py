@@ -103,6 +103,10 @@ HASH_ALGORITHMS: Final[dict[str, Callable[[bytes], hashlib._Hash]]] = {
 _ENV = f"{{{SOAP_ENV_NS}}}"
 _XRD = f"{{{XROAD_NS}}}"
 _REPR = f"{{{REPR_NS}}}"
+_CLIENT: Final = f"{_XRD}client"
+_SERVICE: Final = f"{_XRD}service"
+_SECURITY_SERVER: Final = f"{_XRD}securityServer"
+_REPRESENTED_PARTY: Final = f"{_REPR}representedParty"
 _UNSUPPORTED_HEADERS: Final = {
     f"{_XRD}centralService": "central services were removed from X-Road; use xrd:service",
 }
@@ -326,23 +330,23 @@ def _read_headers(header: etree._Element) -> _Headers:
         found.order.append(tag)
         if tag in _UNSUPPORTED_HEADERS:
             raise client_fault("InvalidSoap", _UNSUPPORTED_HEADERS[tag])
-        known = tag.startswith(_XRD) or tag == f"{_REPR}representedParty"
+        known = tag.startswith(_XRD) or tag == _REPRESENTED_PARTY
         if not known:
             continue  # foreign headers travel unread
-        local = etree.QName(child).localname
+        local = tag.rpartition("}")[2]
         if tag in seen:
             raise client_fault(
                 "DuplicateHeaderField",
                 f"the SOAP Header contains {local} more than once; give each header once",
             )
         seen.add(tag)
-        if tag == f"{_XRD}client":
+        if tag == _CLIENT:
             found.client = client_from_xml(child)
-        elif tag == f"{_XRD}service":
+        elif tag == _SERVICE:
             found.service = service_from_xml(child)
-        elif tag == f"{_XRD}securityServer":
+        elif tag == _SECURITY_SERVER:
             found.security_server = server_from_xml(child)
-        elif tag == f"{_REPR}representedParty":
+        elif tag == _REPRESENTED_PARTY:
             found.represented_party = _represented_party(child)
         elif local in _TEXT_HEADERS:
             found.texts[local] = _header_text(child, local)

@@ -115,3 +115,19 @@ def test_refuses_content_type_that_is_not_a_media_type() -> None:
     with pytest.raises(FaultError) as info:
         parse_content_type("xml")
     assert info.value.fault_code == "Client.InvalidContentType"
+
+
+def test_content_type_answers_are_not_shared_between_callers() -> None:
+    # Parsed values are kept for repeated headers; each caller still gets its own dict.
+    value = 'multipart/related; type="text/xml"; boundary=abc'
+    _, params = parse_content_type(value)
+    params["boundary"] = "changed"
+    params["extra"] = "x"
+    assert parse_content_type(value) == (
+        "multipart/related",
+        {"type": "text/xml", "boundary": "abc"},
+    )
+    with pytest.raises(FaultError):
+        parse_content_type("no media type")
+    with pytest.raises(FaultError):  # a refusal is not remembered as an answer either
+        parse_content_type("no media type")
