@@ -125,6 +125,51 @@ def _built_proof(leaf_index: int, tree_size: int, path: tuple[bytes, ...]) -> In
     return proof
 
 
+class Tree:
+    """A hash tree kept whole: its root, and any leaf's proof without building them all.
+
+    Built bottom-up: each level pairs neighbours and carries an odd last node up unchanged,
+    which gives the same root and proofs as the split at the largest power of two
+    (:func:`build`). Building costs one hash per inner node; a proof is read off the levels.
+    """
+
+    __slots__ = ("_levels", "size")
+
+    def __init__(self, leaf_hashes: Sequence[bytes]) -> None:
+        n = len(leaf_hashes)
+        if not 1 <= n <= MAX_LEAVES:
+            raise ValueError(f"a hash tree needs 1..{MAX_LEAVES} leaves, got {n}")
+        if any(len(h) != HASH_SIZE for h in leaf_hashes):
+            raise ValueError(f"every leaf hash must be {HASH_SIZE} bytes")
+        level = list(leaf_hashes)
+        levels = [level]
+        while len(level) > 1:
+            up = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                up.append(level[-1])
+            levels.append(up)
+            level = up
+        self._levels = levels
+        self.size = n
+
+    @property
+    def root(self) -> bytes:
+        return self._levels[-1][0]
+
+    def proof(self, leaf_index: int) -> InclusionProof:
+        """The inclusion proof of leaf ``leaf_index`` (IndexError outside the tree)."""
+        if not 0 <= leaf_index < self.size:
+            raise IndexError(f"leaf {leaf_index} is outside the tree of {self.size} leaves")
+        path = []
+        index = leaf_index
+        for level in self._levels[:-1]:
+            sibling = index ^ 1
+            if sibling < len(level):  # no sibling: the node was carried up unchanged
+                path.append(level[sibling])
+            index //= 2
+        return _built_proof(leaf_index, self.size, tuple(path))
+
+
 def root_from_proof(leaf: bytes, proof: InclusionProof) -> bytes | None:
     """The root that ``proof`` leads to from ``leaf`` (a leaf hash), or None if it cannot."""
     if len(leaf) != HASH_SIZE:

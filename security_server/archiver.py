@@ -77,8 +77,16 @@ from audit.archive_format import (
 from audit.errors import ArchiveFormatError
 from config.errors import ConfigError, JisrError, StorageError
 from gateway.globalconf import GlobalConf
-from gateway.log_record import LogRecord
+from gateway.log_record import LogIntegrityError, LogRecord
+from gateway.transport import encode_proof
 from security_server.conf_client import DOCUMENT_FILE, SIGNATURE_FILE
+from security_server.log_stamps import (
+    BATCHES_QUERY,
+    STAMP_COLUMNS,
+    STAMP_JOIN,
+    TIMESTAMPED_THROUGH,
+    BatchTrees,
+)
 from security_server.runtime import Clock, utc_now
 
 __all__ = [
@@ -177,15 +185,15 @@ class ArchiveRows(Protocol):
         ...
 
 
-_ROWS_QUERY: Final = """
-SELECT seq, logged_at, record, signed_part, body, signature, proof, certificates, ocsp,
-       prev_hash, record_hash, batch_id, batch_proof
-FROM message_log WHERE seq > $1 ORDER BY seq LIMIT $2
-"""
-_BATCHES_QUERY: Final = "SELECT id, tsa_url, token, root FROM timestamp_batches WHERE id = ANY($1)"
+_ROWS_QUERY: Final = f"""
+SELECT m.logged_at, m.record, m.signed_part, m.body, m.signature, m.proof, m.certificates,
+       m.ocsp, m.prev_hash, m.record_hash, {STAMP_COLUMNS}
+FROM message_log AS m {STAMP_JOIN}
+WHERE m.seq > $1 ORDER BY m.seq LIMIT $2
+"""  # noqa: S608 (constant SQL text)
 _FIRST_WAITING_QUERY: Final = (
-    "SELECT seq, logged_at FROM message_log WHERE seq > $1 AND batch_id IS NULL "
-    "ORDER BY seq LIMIT 1"
+    "SELECT seq, logged_at FROM message_log "  # noqa: S608 (constant SQL text)
+    f"WHERE seq > greatest($1, {TIMESTAMPED_THROUGH}) ORDER BY seq LIMIT 1"
 )
 _DB_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
@@ -202,6 +210,7 @@ class PostgresArchiveRows:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._trees = BatchTrees()
 
     async def first_waiting(self, after_seq: int) -> Waiting | None:
         try:
@@ -215,14 +224,19 @@ class PostgresArchiveRows:
     ) -> list[ArchiveRecord | Waiting]:
         try:
             rows = await self._pool.fetch(_ROWS_QUERY, after_seq, limit)
-            ids = sorted({row["batch_id"] for row in rows if row["batch_id"] is not None})
-            batches = {b["id"]: b for b in await self._pool.fetch(_BATCHES_QUERY, ids)}
+            ids = self._trees.batch_ids(rows)
+            batches = {b["id"]: b for b in await self._pool.fetch(BATCHES_QUERY, ids)}
         except _DB_ERRORS as exc:
             raise ArchiverError(f"cannot read the message log: {exc}") from exc
         items: list[ArchiveRecord | Waiting] = []
         for row in rows:
-            batch = batches.get(row["batch_id"])
-            if batch is None:
+            try:
+                stamp = self._trees.stamp(row, batches)
+            except LogIntegrityError as exc:
+                raise ArchiverError(
+                    f"record {row['seq']} of the message log cannot be archived: {exc}"
+                ) from exc
+            if stamp is None:
                 items.append(Waiting(int(row["seq"]), row["logged_at"]))
                 break
             try:
@@ -236,11 +250,11 @@ class PostgresArchiveRows:
                     ocsp=row["ocsp"],
                     prev_hash=row["prev_hash"],
                     record_hash=row["record_hash"],
-                    batch_id=batch["id"],
-                    tsa_url=batch["tsa_url"],
-                    token=batch["token"],
-                    batch_root=batch["root"],
-                    batch_proof=row["batch_proof"],
+                    batch_id=stamp.batch.batch_id,
+                    tsa_url=stamp.batch.tsa_url,
+                    token=stamp.batch.token,
+                    batch_root=stamp.batch.root,
+                    batch_proof=encode_proof(stamp.proof),
                 )
             except ArchiveFormatError as exc:
                 raise ArchiverError(

@@ -49,16 +49,21 @@ from gateway.identifiers import ClientId, SecurityServerId, ServiceId
 from gateway.log_record import (
     CONSUMER_DIRECTIONS,
     LogEntry,
-    LogIntegrityError,
     LogRecord,
     RecordTimestamp,
-    TimestampBatch,
     canonical_bytes,
     chain_hash,
     check_entry,
     parse_record,
 )
-from gateway.transport import DEFAULT_MAX_BODY_BYTES, decode_proof
+from gateway.transport import DEFAULT_MAX_BODY_BYTES
+from security_server.log_stamps import (
+    BATCHES_QUERY,
+    STAMP_COLUMNS,
+    STAMP_JOIN,
+    TIMESTAMPED_THROUGH,
+    BatchTrees,
+)
 from security_server.runtime import Clock, utc_now
 from security_server.timestamper import Timestamper, TimestampingState
 from storage.errors import DATABASE_ERRORS, expire_if_lost
@@ -92,12 +97,11 @@ _COLUMNS: Final = (
     "certificates", "ocsp", "prev_hash", "record_hash",
 )  # fmt: skip
 
-_SELECT: Final = """
+_SELECT: Final = f"""
 SELECT m.record, m.signed_part, m.body, m.signature, m.proof, m.certificates, m.ocsp,
-       m.prev_hash, m.record_hash, m.batch_proof,
-       b.id AS batch_id, b.root, b.size, b.token, b.tsa_url, b.gen_time
-FROM message_log AS m LEFT JOIN timestamp_batches AS b ON b.id = m.batch_id
-"""
+       m.prev_hash, m.record_hash, {STAMP_COLUMNS}
+FROM message_log AS m {STAMP_JOIN}
+"""  # noqa: S608 (constant SQL text)
 
 _SELECT_UNARCHIVED: Final = (
     _SELECT  # noqa: S608 (constant SQL text; the limit is a bound parameter)
@@ -195,7 +199,8 @@ class PostgresMessageLog:
         else:
             token = self._state.refresh_started()
             oldest = await self._fetchval(
-                "SELECT logged_at FROM message_log WHERE batch_id IS NULL ORDER BY seq LIMIT 1"
+                f"SELECT logged_at FROM message_log WHERE seq > {TIMESTAMPED_THROUGH} "  # noqa: S608
+                "ORDER BY seq LIMIT 1"
             )
             assert oldest is None or isinstance(oldest, dt.datetime)
             self._state.refreshed(token, oldest)
@@ -458,8 +463,15 @@ class PostgresMessageLog:
         except _DB_ERRORS as exc:
             await expire_if_lost(self._pool, exc)
             raise StorageError(f"cannot read the message log: {exc}") from exc
-        batches: dict[int, TimestampBatch] = {}
-        return [_to_record(row, batches) for row in rows]
+        trees = BatchTrees()
+        try:
+            batches = {
+                b["id"]: b for b in await self._pool.fetch(BATCHES_QUERY, trees.batch_ids(rows))
+            }
+        except _DB_ERRORS as exc:
+            await expire_if_lost(self._pool, exc)
+            raise StorageError(f"cannot read the message log: {exc}") from exc
+        return [_to_record(row, trees.stamp(row, batches)) for row in rows]
 
     async def head(self) -> tuple[int, bytes]:
         """The newest record's sequence number and hash in the database (0 and 32 zero bytes
@@ -553,8 +565,9 @@ class PostgresMessageLog:
                         f"must end after record {last}"
                     )
                 row = await conn.fetchrow(
-                    "SELECT count(*) AS n, count(batch_id) AS stamped FROM message_log "
-                    "WHERE seq > $1 AND seq <= $2",
+                    "SELECT count(*) AS n, "  # noqa: S608 (constant SQL text)
+                    f"count(*) FILTER (WHERE seq <= {TIMESTAMPED_THROUGH}) AS stamped "
+                    "FROM message_log WHERE seq > $1 AND seq <= $2",
                     last,
                     up_to_seq,
                 )
@@ -603,9 +616,14 @@ class PostgresMessageLog:
                          AND seq < (SELECT max(seq) FROM message_log)""",
                     cutoff,
                 )
+                # Batches whose records are all gone: a range ending before the oldest record
+                # left, or (stamped before migration 0004) one no record names any more.
                 await conn.execute(
                     """DELETE FROM timestamp_batches AS b
-                       WHERE NOT EXISTS (SELECT 1 FROM message_log AS m WHERE m.batch_id = b.id)"""
+                       WHERE CASE WHEN b.first_seq IS NOT NULL
+                             THEN b.first_seq + b.size - 1 < (SELECT min(seq) FROM message_log)
+                             ELSE NOT EXISTS (SELECT 1 FROM message_log AS m
+                                              WHERE m.batch_id = b.id) END"""
                 )
         except _DB_ERRORS as exc:
             await expire_if_lost(self._pool, exc)
@@ -622,28 +640,7 @@ def _limit(limit: int) -> int:
     return limit
 
 
-def _to_record(row: asyncpg.Record, batches: dict[int, TimestampBatch]) -> LogRecord:
-    stamp: RecordTimestamp | None = None
-    batch_id = row["batch_id"]
-    if batch_id is not None:
-        batch = batches.get(batch_id)
-        if batch is None:
-            batch = TimestampBatch(
-                batch_id=batch_id,
-                root=bytes(row["root"]),
-                size=row["size"],
-                token=bytes(row["token"]),
-                tsa_url=row["tsa_url"],
-                gen_time=row["gen_time"],
-            )
-            batches[batch_id] = batch
-        try:
-            proof = decode_proof(bytes(row["batch_proof"]))
-        except FaultError as exc:
-            raise LogIntegrityError(
-                f"a record of timestamp batch {batch_id} has a malformed proof: {exc.message}"
-            ) from exc
-        stamp = RecordTimestamp(batch, proof)
+def _to_record(row: asyncpg.Record, stamp: RecordTimestamp | None) -> LogRecord:
     body = row["body"]
     return parse_record(
         bytes(row["record"]),

@@ -71,6 +71,7 @@ from gateway.identifiers import SecurityServerId
 from security_server.admin_api import AdminContext, admin_app
 from security_server.catalogue_store import CatalogueStore
 from security_server.conf_client import ConfClient
+from security_server.log_stamps import TIMESTAMPED_THROUGH
 from security_server.node_dir import (
     NodeDir,
     passphrase_from_env,
@@ -335,7 +336,8 @@ async def archive_node_log(
     through = await message_log.archived_through()
     try:
         row = await pool.fetchrow(
-            "SELECT count(*) AS unarchived, count(*) FILTER (WHERE batch_id IS NULL) AS waiting "
+            "SELECT count(*) AS unarchived, "  # noqa: S608 (constant SQL text)
+            f"count(*) FILTER (WHERE seq > {TIMESTAMPED_THROUGH}) AS waiting "
             "FROM message_log WHERE seq > $1",
             through,
         )

@@ -6,9 +6,10 @@ Rules (``docs/message-log.md``, "Batch timestamping"):
   :data:`DEFAULT_MAX_BATCH` at a time, builds an RFC 6962 hash tree over
   ``leaf_hash(record_hash)`` (:func:`gateway.log_record.batch_tree`) and asks for ONE token over
   the root. The approved TSAs of the global configuration are tried in the configuration's
-  order; the first token that verifies against that TSA's certificate is stored once in
-  ``timestamp_batches``, and every record of the batch gets the batch id and its inclusion
-  proof, in one transaction. A pass repeats until the backlog is empty.
+  order; the first token that verifies against that TSA's certificate is stored in ONE row of
+  ``timestamp_batches`` with the batch's first sequence number and its records' hashes; the
+  records are not touched (their proofs are computed from the hashes when they are read,
+  :mod:`security_server.log_stamps`). A pass repeats until the backlog is empty.
 - Passes run in the background, every ``timestamping_interval_s`` of the global configuration
   (default 60 s) and as soon as the message log reports a backlog of ``max_batch`` records.
   They never hold up :meth:`PostgresMessageLog.record` unless the node timestamps immediately.
@@ -40,8 +41,8 @@ import structlog
 from certs.tsa import TimestampError, verify_token
 from config.errors import JisrError, StorageError
 from gateway import log_record
-from gateway.hash_tree import MAX_LEAVES
-from gateway.transport import encode_proof
+from gateway.hash_tree import MAX_LEAVES, Tree
+from security_server.log_stamps import TIMESTAMPED_THROUGH
 from security_server.runtime import Clock, ConfSource, utc_now
 from storage.errors import DATABASE_ERRORS, expire_if_lost
 from storage.sessions import session_changed
@@ -53,6 +54,22 @@ __all__ = [
     "Timestamper",
     "TimestampingState",
 ]
+
+#: The oldest record waiting for a timestamp (``docs/message-log.md``: the stamped records
+#: are always the start of the log, up to ``message_log_timestamped_through()``).
+_OLDEST_WAITING: Final = (
+    f"SELECT logged_at FROM message_log WHERE seq > {TIMESTAMPED_THROUGH} "  # noqa: S608
+    "ORDER BY seq LIMIT 1"
+)
+_WAITING: Final = (
+    f"SELECT seq, record_hash FROM message_log WHERE seq > {TIMESTAMPED_THROUGH} "  # noqa: S608
+    "ORDER BY seq LIMIT $1"
+)
+_INSERT_BATCH: Final = f"""
+INSERT INTO timestamp_batches (root, size, token, tsa_url, gen_time, first_seq, leaves)
+SELECT $1::bytea, $2::integer, $3::bytea, $4::text, $5::timestamptz, $6::bigint, $7::bytea
+WHERE {TIMESTAMPED_THROUGH} = $6::bigint - 1
+"""
 
 #: Used while no valid global configuration says otherwise.
 DEFAULT_INTERVAL_S: Final = 60
@@ -190,9 +207,7 @@ class Timestamper:
         """Read the oldest untimestamped record's log time from the database."""
         token = self.state.refresh_started()
         try:
-            oldest = await self._pool.fetchval(
-                "SELECT logged_at FROM message_log WHERE batch_id IS NULL ORDER BY seq LIMIT 1"
-            )
+            oldest = await self._pool.fetchval(_OLDEST_WAITING)
         except DATABASE_ERRORS as exc:
             await expire_if_lost(self._pool, exc)
             raise StorageError(
@@ -233,13 +248,9 @@ class Timestamper:
                         while True:
                             self._selects += 1
                             select_no = self._selects
-                            rows = await conn.fetch(
-                                "SELECT seq, record_hash FROM message_log WHERE batch_id IS NULL "
-                                "ORDER BY seq LIMIT $1",
-                                self._max_batch,
-                            )
+                            rows = await conn.fetch(_WAITING, self._max_batch)
                             if rows:
-                                await self._stamp(conn, [r["seq"] for r in rows], rows)
+                                await self._stamp(conn, rows)
                                 total += len(rows)
                             if len(rows) < self._max_batch:
                                 self._covered = select_no
@@ -264,39 +275,43 @@ class Timestamper:
     async def _stamp(
         self,
         conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
-        seqs: Sequence[int],
         rows: Sequence[asyncpg.Record],
     ) -> None:
-        root, proofs = log_record.batch_tree([bytes(r["record_hash"]) for r in rows])
-        stamped = await self._token_for(root)
-        async with conn.transaction():
-            status = await conn.execute(
-                """WITH batch AS (
-                       INSERT INTO timestamp_batches (root, size, token, tsa_url, gen_time)
-                       VALUES ($1, $2, $3, $4, $5) RETURNING id)
-                   UPDATE message_log AS m SET batch_id = batch.id, batch_proof = d.proof
-                   FROM batch, unnest($6::bigint[], $7::bytea[]) AS d(seq, proof)
-                   WHERE m.seq = d.seq AND m.batch_id IS NULL""",
-                root,
-                len(rows),
-                stamped.token,
-                stamped.tsa_url,
-                stamped.gen_time,
-                list(seqs),
-                [encode_proof(p) for p in proofs],
+        first_seq = int(rows[0]["seq"])
+        last_seq = int(rows[-1]["seq"])
+        if last_seq - first_seq + 1 != len(rows):
+            # Sequence numbers have no gaps, and only timestamped records are ever deleted.
+            raise StorageError(
+                f"the records waiting for a timestamp from {first_seq} on are not consecutive "
+                f"({len(rows)} records up to {last_seq}); the message log is damaged"
             )
-            if status != f"UPDATE {len(rows)}":
-                # Only possible if the advisory lock was bypassed; store nothing.
-                raise StorageError(
-                    f"timestamping {len(rows)} records updated {status!r}; another writer "
-                    "changed the log during the pass"
-                )
+        hashes = [bytes(r["record_hash"]) for r in rows]
+        root = Tree([log_record.timestamp_leaf(h) for h in hashes]).root
+        stamped = await self._token_for(root)
+        # One row for the whole batch: the records themselves are never updated. The insert
+        # only happens if the batch starts right after the last timestamped record.
+        status = await conn.execute(
+            _INSERT_BATCH,
+            root,
+            len(rows),
+            stamped.token,
+            stamped.tsa_url,
+            stamped.gen_time,
+            first_seq,
+            b"".join(hashes),
+        )
+        if status != "INSERT 0 1":
+            # Only possible if the advisory lock was bypassed; store nothing.
+            raise StorageError(
+                f"timestamping records {first_seq}..{last_seq} stored nothing; another writer "
+                "timestamped the log during the pass"
+            )
         self.batches_stored += 1
         _log.info(
             "message_log_timestamped",
             records=len(rows),
-            first_seq=seqs[0],
-            last_seq=seqs[-1],
+            first_seq=first_seq,
+            last_seq=last_seq,
             tsa=stamped.tsa_url,
         )
 

@@ -6,6 +6,7 @@ import pytest
 
 from gateway.hash_tree import (
     InclusionProof,
+    Tree,
     build,
     leaf_hash,
     node_hash,
@@ -96,3 +97,26 @@ def test_refuses_a_leaf_hash_of_the_wrong_length() -> None:
     assert root_from_proof(b"short", InclusionProof(0, 1, ())) is None
     with pytest.raises(ValueError, match="needs 1"):
         build([])
+
+
+def test_a_tree_kept_whole_gives_the_root_and_proofs_of_build() -> None:
+    for n in [*range(1, 70), 127, 128, 129, 1000]:
+        leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
+        root, proofs = build(leaves)
+        tree = Tree(leaves)
+        assert tree.size == n
+        assert tree.root == root
+        for i in range(n):
+            assert tree.proof(i) == proofs[i]
+            assert verify_proof(leaves[i], tree.proof(i), root)
+
+
+def test_a_tree_kept_whole_refuses_what_build_refuses() -> None:
+    with pytest.raises(ValueError, match="leaves"):
+        Tree([])
+    with pytest.raises(ValueError, match="32 bytes"):
+        Tree([b"short"])
+    tree = Tree([leaf_hash(b"a"), leaf_hash(b"b")])
+    for index in (-1, 2):
+        with pytest.raises(IndexError):
+            tree.proof(index)

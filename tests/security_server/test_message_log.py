@@ -24,6 +24,7 @@ from gateway.log_record import (
     LogEntry,
     LogIntegrityError,
     LogRecord,
+    batch_tree,
     chain_problems,
     verify_chain,
 )
@@ -315,36 +316,82 @@ async def test_the_database_refuses_to_change_or_delete_records(
         await conn.close()
 
 
-async def test_a_timestamp_reference_is_set_once(
+async def test_records_are_never_updated_and_batches_never_change(
     log: PostgresMessageLog, fresh_db_url: str
 ) -> None:
-    await write(log, 1)
+    await write(log, 2)
+    await _stamp_all(fresh_db_url)
     conn = await asyncpg.connect(fresh_db_url)
     try:
-        batch = await conn.fetchval(
-            "INSERT INTO timestamp_batches (root, size, token, tsa_url, gen_time) "
-            "VALUES ($1, 1, '\\x30'::bytea, 'http://tsa', now()) RETURNING id",
-            bytes(32),
-        )
-        # Setting it to NULL again (from NULL) is no timestamp either.
-        with pytest.raises(asyncpg.IntegrityConstraintViolationError):
-            await conn.execute("UPDATE message_log SET batch_id = NULL, batch_proof = NULL")
-        await conn.execute(
-            "UPDATE message_log SET batch_id = $1, batch_proof = '\\x00'::bytea", batch
-        )
-        assert await conn.fetchval("SELECT batch_id FROM message_log") == batch
         for statement in (
-            "UPDATE message_log SET batch_proof = '\\x01'::bytea",
-            "UPDATE message_log SET batch_id = batch_id",
+            # Not even a timestamp reference: batches name their records, not the reverse.
             "UPDATE message_log SET batch_id = NULL, batch_proof = NULL",
+            "UPDATE message_log SET batch_id = (SELECT max(id) FROM timestamp_batches), "
+            "batch_proof = '\\x00'::bytea WHERE seq = 1",
+            "UPDATE timestamp_batches SET tsa_url = 'http://other'",
+            "UPDATE timestamp_batches SET first_seq = 2",
         ):
             with pytest.raises(asyncpg.IntegrityConstraintViolationError):
                 await conn.execute(statement)
-        assert await conn.fetchval("SELECT batch_proof FROM message_log") == b"\x00"
-        with pytest.raises(asyncpg.IntegrityConstraintViolationError):
-            await conn.execute("UPDATE timestamp_batches SET tsa_url = 'http://other'")
+        # A batch must keep one 32-byte hash per record it covers, and cover a range once.
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO timestamp_batches (root, size, token, tsa_url, gen_time, "
+                "first_seq, leaves) VALUES ($1, 2, '\\x30'::bytea, 'http://tsa', now(), 1, $2)",
+                bytes(32),
+                bytes(32),
+            )
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "INSERT INTO timestamp_batches (root, size, token, tsa_url, gen_time, "
+                "first_seq, leaves) VALUES ($1, 1, '\\x30'::bytea, 'http://tsa', now(), 1, $1)",
+                bytes(32),
+            )
+        assert await conn.fetchval("SELECT message_log_timestamped_through()") == 2
     finally:
         await conn.close()
+
+
+async def test_records_stamped_before_batch_ranges_are_read_with_their_own_proofs(
+    log: PostgresMessageLog, fresh_db_url: str
+) -> None:
+    # A log timestamped before migration 0004 kept each record's batch and proof in the
+    # record; such records are read as they are, and new records get range batches after them.
+    await write(log, 3)
+    hashes = [r.record_hash for r in await log.read_records()]
+    root, proofs = batch_tree(hashes[:2])
+    conn = await superuser(fresh_db_url)
+    try:
+        batch = await conn.fetchval(
+            "INSERT INTO timestamp_batches (root, size, token, tsa_url, gen_time) "
+            "VALUES ($1, 2, '\\x30'::bytea, 'http://tsa', now()) RETURNING id",
+            root,
+        )
+        for seq, proof in ((1, proofs[0]), (2, proofs[1])):
+            await conn.execute(
+                "UPDATE message_log SET batch_id = $1, batch_proof = $2 WHERE seq = $3",
+                batch,
+                encode_proof(proof),
+                seq,
+            )
+    finally:
+        await conn.close()
+    records = await log.read_records()
+    assert [r.timestamp is not None for r in records] == [True, True, False]
+    for record, proof in zip(records[:2], proofs, strict=True):
+        assert record.timestamp is not None
+        assert record.timestamp.batch.batch_id == batch
+        assert record.timestamp.proof == proof
+    conn = await asyncpg.connect(fresh_db_url)
+    try:
+        assert await conn.fetchval("SELECT message_log_timestamped_through()") == 2
+    finally:
+        await conn.close()
+    await _stamp_all(fresh_db_url)
+    third = (await log.read_records())[2]
+    assert third.timestamp is not None
+    assert third.timestamp.batch.batch_id != batch
+    assert third.timestamp.proof == InclusionProof(0, 1, ())
 
 
 # --- tampering ----------------------------------------------------------------------------------
@@ -500,18 +547,23 @@ async def test_search_refuses_unbounded_limits(log: PostgresMessageLog) -> None:
 
 
 async def _stamp_all(url: str) -> None:
-    """Give every record a (fake) timestamp reference, as the timestamper would."""
+    """Cover every record waiting for a timestamp with one batch (a fake token), as the
+    timestamper would."""
     conn = await asyncpg.connect(url)
     try:
-        batch = await conn.fetchval(
-            "INSERT INTO timestamp_batches (root, size, token, tsa_url, gen_time) "
-            "VALUES ($1, 1, '\\x30'::bytea, 'http://tsa', now()) RETURNING id",
-            bytes(32),
+        rows = await conn.fetch(
+            "SELECT seq, record_hash FROM message_log "
+            "WHERE seq > (SELECT message_log_timestamped_through()) ORDER BY seq"
         )
+        hashes = [bytes(r["record_hash"]) for r in rows]
+        root, _ = batch_tree(hashes)
         await conn.execute(
-            "UPDATE message_log SET batch_id = $1, batch_proof = $2 WHERE batch_id IS NULL",
-            batch,
-            encode_proof(InclusionProof(0, 1, ())),
+            "INSERT INTO timestamp_batches (root, size, token, tsa_url, gen_time, first_seq, "
+            "leaves) VALUES ($1, $2, '\\x30'::bytea, 'http://tsa', now(), $3, $4)",
+            root,
+            len(rows),
+            rows[0]["seq"],
+            b"".join(hashes),
         )
     finally:
         await conn.close()

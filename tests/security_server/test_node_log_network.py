@@ -367,13 +367,18 @@ async def run_cli(args: list[str], env: Mapping[str, str] | None = None) -> Resu
 async def records_of(pool: asyncpg.Pool, exchange: str) -> dict[str, asyncpg.Record]:
     """The records of one exchange in a node's log, by direction."""
     rows = await pool.fetch(
-        "SELECT seq, direction, body, batch_id FROM message_log WHERE message_id = $1", exchange
+        "SELECT seq, direction, body, "
+        "seq <= (SELECT message_log_timestamped_through()) AS timestamped "
+        "FROM message_log WHERE message_id = $1",
+        exchange,
     )
     return {row["direction"]: row for row in rows}
 
 
 async def untimestamped(pool: asyncpg.Pool) -> int:
-    value = await pool.fetchval("SELECT count(*) FROM message_log WHERE batch_id IS NULL")
+    value = await pool.fetchval(
+        "SELECT count(*) FROM message_log WHERE seq > (SELECT message_log_timestamped_through())"
+    )
     assert isinstance(value, int)
     return value
 

@@ -201,6 +201,50 @@ async def test_a_proof_does_not_verify_for_another_record(
         )
 
 
+async def test_a_batch_is_one_row_naming_its_records_and_changed_hashes_do_not_verify(
+    pool: asyncpg.Pool,
+    session: aiohttp.ClientSession,
+    pki: FixturePki,
+    live: ApprovedTsa,
+    tsa_issued: Issued,
+    clock: Clock,
+    fresh_db_url: str,
+) -> None:
+    stamper = Timestamper(pool, Conf(pki, [live]), session, clock=clock)
+    async with PostgresMessageLog(pool, NODE, clock=clock, timestamper=stamper) as log:
+        await _write(log, 5)
+        await stamper.timestamp_pending()
+        records = await log.read_records()
+        row = await pool.fetchrow("SELECT first_seq, size, leaves FROM timestamp_batches")
+        assert row is not None
+        assert (row["first_seq"], row["size"]) == (1, 5)
+        assert row["leaves"] == b"".join(r.record_hash for r in records)
+        # The records themselves carry nothing of the timestamp.
+        assert await pool.fetchval("SELECT count(batch_id) FROM message_log") == 0
+        # Someone with the database's rights swaps two record hashes in the batch: the proofs
+        # computed from them lead to another root than the timestamped one, for every record.
+        conn = await asyncpg.connect(fresh_db_url)
+        try:
+            await conn.execute("SET session_replication_role = replica")
+            leaves = bytes(row["leaves"])
+            swapped = leaves[32:64] + leaves[:32] + leaves[64:]
+            await conn.execute("UPDATE timestamp_batches SET leaves = $1", swapped)
+        finally:
+            await conn.close()
+        tampered = await log.read_records()
+    for record in records:  # as written, every proof holds
+        assert record.timestamp is not None
+        verify_record_timestamp(
+            record.record_hash, record.timestamp, tsa_certs=[tsa_issued.cert], at=clock.now
+        )
+    for record in tampered:
+        assert record.timestamp is not None
+        with pytest.raises(TimestampError, match="inclusion proof"):
+            verify_record_timestamp(
+                record.record_hash, record.timestamp, tsa_certs=[tsa_issued.cert], at=clock.now
+            )
+
+
 async def test_a_large_backlog_is_split_into_batches_of_the_limit(
     pool: asyncpg.Pool, session: aiohttp.ClientSession, pki: FixturePki, live: ApprovedTsa
 ) -> None:
