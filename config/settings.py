@@ -24,6 +24,8 @@ DEFAULT_DATA_DIR = Path("jisr-data")
 
 #: The log periods an archive may cover (``archive_period``).
 ARCHIVE_PERIODS: Final = ("hour", "day")
+#: How the message log stores bodies (``log_body_compression``).
+BODY_COMPRESSIONS: Final = ("auto", "lz4", "pglz", "none")
 #: The longest ``archive_interval_s``: a week.
 MAX_ARCHIVE_INTERVAL_S: Final = 7 * 86_400
 
@@ -82,6 +84,10 @@ class NodeSettings:
     # -- message log, timestamping and archives (docs/message-log.md, archives-and-audit.md)
     #: Keep message bodies in the log; false keeps their SHA-256 only (the node's privacy switch).
     log_bodies: bool = True
+    #: How PostgreSQL stores logged bodies: ``lz4`` (the server must support it), ``pglz``
+    #: (PostgreSQL's default), ``none`` (uncompressed), or ``auto`` (lz4 where the server has
+    #: it, else pglz). See docs/performance.md for what each costs.
+    log_body_compression: str = "auto"
     #: Wait for the record's timestamp before an exchange continues (a TSA call per message).
     timestamp_immediately: bool = False
     #: Records may wait this long for a timestamp before the node refuses exchanges (X-Road's).
@@ -101,6 +107,11 @@ class NodeSettings:
     retention_days: int = 30
 
     def __post_init__(self) -> None:
+        if self.log_body_compression not in BODY_COMPRESSIONS:
+            raise ConfigError(
+                f"log_body_compression {self.log_body_compression!r} must be one of "
+                f"{', '.join(BODY_COMPRESSIONS)}"
+            )
         if self.archive_period not in ARCHIVE_PERIODS:
             raise ConfigError(
                 f"archive_period {self.archive_period!r} must be one of "

@@ -43,7 +43,7 @@ import asyncpg
 import structlog
 
 from certs.tsa import TimestampError
-from config.errors import StorageError, ValidationError
+from config.errors import ConfigError, StorageError, ValidationError
 from gateway.faults import CLIENT_PROXY, SERVER_PROXY, FaultError
 from gateway.identifiers import ClientId, SecurityServerId, ServiceId
 from gateway.log_record import (
@@ -632,6 +632,50 @@ class PostgresMessageLog:
         if deleted:
             _log.info("message_log_purged", records=deleted)
         return deleted
+
+
+async def set_body_compression(pool: asyncpg.Pool, choice: str) -> str:
+    """Store bodies logged from now on as ``choice`` says; return the method in effect.
+
+    ``auto`` is lz4 where the server supports it, else pglz; ``none`` stores bodies
+    uncompressed (``STORAGE EXTERNAL``). Only new records are affected (PostgreSQL keeps each
+    value as it was stored), and the table is altered only when the setting changes. Raises
+    ConfigError for ``lz4`` on a server built without it.
+    """
+    try:
+        async with pool.acquire() as conn:
+            lz4 = bool(
+                await conn.fetchval(
+                    "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                    "WHERE name = 'default_toast_compression'"
+                )
+            )
+            if choice == "lz4" and not lz4:
+                raise ConfigError(
+                    "log_body_compression = 'lz4', but this PostgreSQL server is built without "
+                    "lz4; use 'auto', 'pglz' or 'none', or a server with lz4"
+                )
+            method = "lz4" if choice == "lz4" or (choice == "auto" and lz4) else "pglz"
+            storage = "e" if choice == "none" else "x"
+            row = await conn.fetchrow(
+                "SELECT attstorage::text AS attstorage, attcompression::text AS attcompression "
+                "FROM pg_attribute "
+                "WHERE attrelid = 'message_log'::regclass AND attname = 'body'"
+            )
+            assert row is not None
+            # attcompression: '' (the server's default, pglz unless configured), 'p' or 'l'.
+            current = {"p": "pglz", "l": "lz4"}.get(row["attcompression"], "default")
+            if row["attstorage"] != storage:
+                kind = "EXTERNAL" if storage == "e" else "EXTENDED"
+                await conn.execute(f"ALTER TABLE message_log ALTER COLUMN body SET STORAGE {kind}")
+            if storage == "x" and current != method:
+                await conn.execute(
+                    f"ALTER TABLE message_log ALTER COLUMN body SET COMPRESSION {method}"
+                )
+    except _DB_ERRORS as exc:
+        await expire_if_lost(pool, exc)
+        raise StorageError(f"cannot set how the message log stores bodies: {exc}") from exc
+    return "none" if storage == "e" else method
 
 
 def _limit(limit: int) -> int:

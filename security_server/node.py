@@ -625,6 +625,10 @@ async def running_node(
         timestamper = timestamper_class(pool, conf, session, clock=clock)
         await timestamper.start()
         stack.push_async_callback(timestamper.close)
+        from security_server.message_log import set_body_compression
+
+        compression = await set_body_compression(pool, ns.log_body_compression)
+        log.info("message log body storage", compression=compression)
         message_log = log_class(
             pool, server_id, clock=clock, timestamper=timestamper, **message_log_options(ns)
         )

@@ -44,3 +44,12 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("[registry\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(bad, env={})
+
+
+def test_log_body_compression_takes_only_known_methods() -> None:
+    assert load_settings(env={}).node.log_body_compression == "auto"
+    for method in ("auto", "lz4", "pglz", "none"):
+        env = {"JISR_NODE_LOG_BODY_COMPRESSION": method}
+        assert load_settings(env=env).node.log_body_compression == method
+    with pytest.raises(ConfigError, match="log_body_compression 'zstd' must be one of"):
+        load_settings(env={"JISR_NODE_LOG_BODY_COMPRESSION": "zstd"})

@@ -14,7 +14,7 @@ import pytest
 import structlog.testing
 
 from certs.signer import SoftwareSigner
-from config.errors import ValidationError
+from config.errors import ConfigError, ValidationError
 from gateway.faults import FaultError
 from gateway.hash_tree import InclusionProof
 from gateway.identifiers import MemberId, SecurityServerId, ServiceId, SubsystemId
@@ -29,7 +29,7 @@ from gateway.log_record import (
     verify_chain,
 )
 from gateway.transport import RequestPart, ResponsePart, body_digest, encode_proof, sign_one
-from security_server.message_log import PostgresMessageLog
+from security_server.message_log import PostgresMessageLog, set_body_compression
 from security_server.runtime import MessageLog
 from storage.migrations import apply_migrations
 from tests.pki_factory import NOW, FixturePki
@@ -628,3 +628,42 @@ def test_entries_refuse_a_missing_request_hash() -> None:
     entry = make_entry(direction="response_in")
     with pytest.raises(ValueError, match="request_hash"):
         dataclasses.replace(entry, request_hash=None)
+
+
+# --- body storage -------------------------------------------------------------------------------
+
+
+async def _body_column(pool: asyncpg.Pool) -> tuple[str, str]:
+    row = await pool.fetchrow(
+        "SELECT attstorage::text AS attstorage, attcompression::text AS attcompression "
+        "FROM pg_attribute "
+        "WHERE attrelid = 'message_log'::regclass AND attname = 'body'"
+    )
+    assert row is not None
+    return row["attstorage"], row["attcompression"]
+
+
+async def test_bodies_are_stored_as_the_setting_says(
+    log: PostgresMessageLog, pool: asyncpg.Pool
+) -> None:
+    lz4 = await pool.fetchval(
+        "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+    )
+    assert await set_body_compression(pool, "none") == "none"
+    assert (await _body_column(pool))[0] == "e"
+    assert await set_body_compression(pool, "pglz") == "pglz"
+    assert await _body_column(pool) == ("x", "p")
+    assert await set_body_compression(pool, "auto") == ("lz4" if lz4 else "pglz")
+    assert await _body_column(pool) == ("x", "l" if lz4 else "p")
+    if lz4:
+        assert await set_body_compression(pool, "lz4") == "lz4"
+    else:
+        with pytest.raises(ConfigError, match="without lz4"):
+            await set_body_compression(pool, "lz4")
+    # Records written under any of them read back the same.
+    body = b'{"records": "' + b"0123456789abcdef" * 8192 + b'"}'
+    for choice in ("none", "pglz", "auto"):
+        await set_body_compression(pool, choice)
+        await log.record(make_entry(f"big-{choice}", body=body))
+    bodies = [r.entry.body for r in await log.read_records()]
+    assert bodies == [body] * 3

@@ -273,3 +273,20 @@ async def test_timestamp_immediately_refuses_an_exchange_it_cannot_timestamp(
         again = await net.call(consumer)
         assert again.ok, again
         assert await untimestamped(net.consumer_db.pool) == 0
+
+
+async def test_the_node_stores_bodies_as_log_body_compression_says(
+    log_network: LogNetwork,
+) -> None:
+    net = log_network
+    query = (
+        "SELECT attstorage::text FROM pg_attribute "
+        "WHERE attrelid = 'message_log'::regclass AND attname = 'body'"
+    )
+    async with net.running(consumer={"log_body_compression": "none"}) as (consumer, _provider):
+        assert await net.consumer_db.pool.fetchval(query) == "e"
+        assert await net.provider_db.pool.fetchval(query) == "x"  # auto: compressed
+        answer = await net.call(consumer)
+        assert answer.ok, answer
+        logged = await records_of(net.consumer_db.pool, answer.exchange)
+        assert logged["request_out"]["body"] is not None
