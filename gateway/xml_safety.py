@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import re
+import threading
 from typing import Final
 
 from lxml import etree
@@ -43,17 +44,26 @@ _ENCODING_RE: Final = re.compile(rb"""\sencoding\s*=\s*(?:"([^"]*)"|'([^']*)')""
 _ACCEPTED_ENCODINGS: Final = frozenset({"utf-8", "utf8"})
 
 
+_PARSERS = threading.local()
+
+
 def _parser() -> etree.XMLParser:
-    # A fresh parser per call: lxml parsers must not be shared between threads.
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        huge_tree=False,
-        load_dtd=False,
-        dtd_validation=False,
-        remove_comments=False,
-        remove_pis=False,
-    )
+    # One parser per thread, reused: lxml parsers must not be shared between threads, but a
+    # parser is reset for every document it parses, and making one costs more than a small
+    # SOAP message's parse.
+    parser: etree.XMLParser | None = getattr(_PARSERS, "parser", None)
+    if parser is None:
+        parser = etree.XMLParser(
+            resolve_entities=False,
+            no_network=True,
+            huge_tree=False,
+            load_dtd=False,
+            dtd_validation=False,
+            remove_comments=False,
+            remove_pis=False,
+        )
+        _PARSERS.parser = parser
+    return parser
 
 
 def strip_bom(data: bytes) -> bytes:
