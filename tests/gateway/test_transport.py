@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import random
 import re
 import shutil
 import struct
@@ -35,6 +36,7 @@ from gateway.transport import (
     encode_message,
     encode_proof,
     encode_sealed,
+    format_time,
     parse_signed_part,
     request_hash,
     root_content,
@@ -148,6 +150,26 @@ def test_signed_part_is_canonical_json_with_sorted_members() -> None:
     assert value["created_at"] == "2026-11-01T12:00:00.000Z"
     assert value["version"] == 1
     assert value["kind"] == "request"
+
+
+def test_created_at_matches_the_strftime_form_in_every_zone() -> None:
+    # format_time builds the string by hand; this is the form it must keep producing.
+    rng = random.Random(7)
+    for _ in range(5000):
+        when = dt.datetime(
+            rng.randint(1000, 9998),
+            rng.randint(1, 12),
+            rng.randint(1, 28),
+            rng.randint(0, 23),
+            rng.randint(0, 59),
+            rng.randint(0, 59),
+            rng.randint(0, 999_999),
+            tzinfo=dt.timezone(dt.timedelta(minutes=rng.randint(-14 * 60, 14 * 60))),
+        )
+        expected = when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        assert format_time(when) == expected
+    with pytest.raises(ValueError, match="created_at must be timezone-aware"):
+        format_time(dt.datetime(2026, 1, 1))
 
 
 def test_signed_parts_round_trip() -> None:
