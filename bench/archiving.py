@@ -97,10 +97,10 @@ def _entries(
 ) -> Iterator[list[Any]]:
     """``count`` exchanges as log entries, a signature batch (requests, then responses) at a
     time."""
-    from gateway.transport import RequestPart, ResponsePart, body_digest
-    from tests.audit.evidence import GET_CITIZEN, HJC, INHERITANCE, NDC
+    from gateway.transport import RequestPart, body_digest
+    from tests.audit.evidence import ANSWER_DELAY, GET_CITIZEN, HJC, INHERITANCE, NDC
 
-    later = at + dt.timedelta(milliseconds=200)
+    later = at + ANSWER_DELAY
     done = 0
     while done < count:
         n = min(SIGNATURE_BATCH, count - done)
@@ -136,18 +136,7 @@ def _entries(
                     {"citizen": 1000 + i, "name": rng.choice(_FIRST_NAMES)}, ensure_ascii=False
                 ).encode()
             )
-        responses = [
-            ResponsePart.answering(
-                r,
-                status=200,
-                headers=(("Content-Type", "application/json"),),
-                body=b,
-                created_at=later,
-            )
-            for r, b in zip(requests, response_bodies, strict=True)
-        ]
-        sealed_requests = node_log.sign(requests, HJC, at)
-        sealed_responses = node_log.sign(responses, NDC, later)
+        sealed_requests, sealed_responses = node_log.sign_exchanges(requests, response_bodies, at)
         batch = [
             node_log.entry("request_out", s, b, HJC, at)
             for s, b in zip(sealed_requests, request_bodies, strict=True)

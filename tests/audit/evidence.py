@@ -65,6 +65,8 @@ GET_CITIZEN = ServiceId("IQ", "GOV", "NDC", "population", "getCitizen", None)
 NDC_SS1 = SecurityServerId("IQ", "GOV", "NDC", "ss1")
 HJC_SS1 = SecurityServerId("IQ", "GOV", "HJC", "ss1")
 TSA_URL = "http://127.0.0.1:4490/"
+#: How long after its request an answer is created (and signed).
+ANSWER_DELAY = dt.timedelta(milliseconds=200)
 
 
 def _conf_signing_key(now: dt.datetime) -> Issued:
@@ -197,6 +199,29 @@ class NodeLog:
             batch.add(part)
         return batch.sign(now=at)
 
+    def sign_exchanges(
+        self,
+        requests: Sequence[RequestPart],
+        bodies: Sequence[bytes],
+        at: dt.datetime,
+        *,
+        request_signer: MemberId = HJC,
+    ) -> tuple[list[Sealed], list[Sealed]]:
+        """``requests`` signed at ``at`` in one batch and their answers (200, JSON, one of
+        ``bodies`` each) signed by NDC :data:`ANSWER_DELAY` later in another."""
+        later = at + ANSWER_DELAY
+        responses = [
+            ResponsePart.answering(
+                r,
+                status=200,
+                headers=(("Content-Type", "application/json"),),
+                body=b,
+                created_at=later,
+            )
+            for r, b in zip(requests, bodies, strict=True)
+        ]
+        return self.sign(requests, request_signer, at), self.sign(responses, NDC, later)
+
     def entry(
         self,
         direction: Direction,
@@ -254,19 +279,10 @@ class NodeLog:
             for i in range(count)
         ]
         bodies = [f'{{"citizen":{1000 + i},"name":"علي"}}'.encode() for i in range(count)]
-        later = at + dt.timedelta(milliseconds=200)
-        responses = [
-            ResponsePart.answering(
-                r,
-                status=200,
-                headers=(("Content-Type", "application/json"),),
-                body=b,
-                created_at=later,
-            )
-            for r, b in zip(requests, bodies, strict=True)
-        ]
-        sealed_requests = self.sign(requests, request_signer, at)
-        sealed_responses = self.sign(responses, NDC, later)
+        later = at + ANSWER_DELAY
+        sealed_requests, sealed_responses = self.sign_exchanges(
+            requests, bodies, at, request_signer=request_signer
+        )
         result = []
         for sreq, sresp, body in zip(sealed_requests, sealed_responses, bodies, strict=True):
             request = self.entry(
