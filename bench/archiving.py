@@ -168,26 +168,6 @@ async def _server(work_dir: Path) -> AsyncIterator[str]:
         await asyncio.to_thread(embedded.stop)
 
 
-@contextlib.asynccontextmanager
-async def _fresh_database(server_url: str) -> AsyncIterator[str]:
-    from storage.embedded import database_url
-
-    name = "bench_archiving_" + uuid.uuid4().hex[:12]
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield database_url(server_url, name)
-    finally:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-
 async def fill(
     url: str,
     history_dir: Path,
@@ -341,9 +321,16 @@ def _verify(archive_dir: Path) -> tuple[bool, int]:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from storage.embedded import database_url
+    from tests.databases import temporary_database
+
     work = Path(tempfile.mkdtemp(prefix="jisr-bench-archiving-"))
     try:
-        async with _server(work) as server_url, _fresh_database(server_url) as url:
+        async with (
+            _server(work) as server_url,
+            temporary_database(server_url, "bench_archiving_") as name,
+        ):
+            url = database_url(server_url, name)
             filled = await fill(
                 url,
                 work / "conf-history",

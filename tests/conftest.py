@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from storage.embedded import EmbeddedPostgres, database_url
+from tests.databases import temporary_database
 
 
 @pytest.fixture(scope="session")
@@ -43,20 +42,8 @@ def pg_server_url() -> Iterator[str]:
 @pytest.fixture
 async def fresh_db_url(pg_server_url: str) -> AsyncIterator[str]:
     """URL of a new, empty database, dropped after the test."""
-    name = "t_" + uuid.uuid4().hex[:16]
-    conn = await asyncpg.connect(pg_server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
+    async with temporary_database(pg_server_url, "t_") as name:
         yield database_url(pg_server_url, name)
-    finally:
-        conn = await asyncpg.connect(pg_server_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 @pytest.fixture

@@ -8,12 +8,10 @@ import json
 import os
 import signal
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -26,6 +24,7 @@ from registry.conf_keys import create_key
 from security_server.node_dir import NodeDir
 from security_server.registration import register_server
 from storage.embedded import database_url
+from tests.databases import temporary_database
 from tests.security_server.test_node_setup import (
     PASSPHRASE,
     SERVER,
@@ -181,20 +180,8 @@ async def network(fresh_db_url: str, tmp_path: Path) -> AsyncIterator[Network]:
 
 @pytest.fixture
 async def node_db(pg_server_url: str) -> AsyncIterator[str]:
-    name = "n_" + uuid.uuid4().hex[:16]
-    conn = await asyncpg.connect(pg_server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
+    async with temporary_database(pg_server_url, "n_") as name:
         yield database_url(pg_server_url, name)
-    finally:
-        conn = await asyncpg.connect(pg_server_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 @pytest.mark.e2e

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -33,10 +32,8 @@ from certs.keystore import SoftwareKeyStore
 from certs.tsa import DEFAULT_POLICY_OID, TimestampAuthority
 from config.errors import ConfigError
 from config.settings import NodeSettings, Settings
-from gateway.identifiers import SubsystemId
 from jisr.cli import cli
 from security_server.catalogue_store import CatalogueStore
-from security_server.conf_client import ConfClient
 from security_server.node import (
     RunningNode,
     archive_directory,
@@ -46,16 +43,18 @@ from security_server.node import (
     running_node,
 )
 from security_server.node_dir import NodeDir
-from security_server.node_keys import initialise_node
-from security_server.registration import RegistrationError, client_request, register_server
-from storage.database import open_pool
-from storage.embedded import database_url
 from tests.security_server.test_node_setup import (
     CA_PASSPHRASE,
     PASSPHRASE,
     Network,
     running_network,
     utc_now,
+)
+from tests.security_server.two_nodes import (
+    NodeDatabase,
+    node_database,
+    registered_node,
+    wait_until_published,
 )
 from trust_services.http_server import serve_app
 from trust_services.tsa_server import SerialNumbers, tsa_app
@@ -107,13 +106,6 @@ class StoppableTsa:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-
-@dataclasses.dataclass
-class NodeDatabase:
-    name: str
-    url: str
-    pool: asyncpg.Pool
 
 
 @dataclasses.dataclass
@@ -193,87 +185,6 @@ class LogNetwork:
             )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def node_database(pg_server_url: str, tmp: Path) -> AsyncIterator[NodeDatabase]:
-    name = "n_" + uuid.uuid4().hex[:16]
-    conn = await asyncpg.connect(pg_server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = database_url(pg_server_url, name)
-    try:
-        async with open_pool(
-            configured_url=url,
-            data_dir=tmp,
-            database=name,
-            migrations="security_server.migrations",
-            max_size=4,
-        ) as pool:
-            yield NodeDatabase(name, url, pool)
-    finally:
-        conn = await asyncpg.connect(pg_server_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-
-async def _node(
-    network: Network,
-    session: aiohttp.ClientSession,
-    server_id: str,
-    client: str,
-    db_url: str,
-) -> NodeDir:
-    port = free_port()
-    directory = network.tmp / server_id.replace("/", "_")
-    initialise_node(
-        directory,
-        server_id=server_id,
-        anchor=network.anchor,
-        passphrase=PASSPHRASE,
-        now=utc_now(),
-        public_address=f"127.0.0.1:{port}",
-        ports={"client_http_port": 0, "client_https_port": 0, "server_port": port, "admin_port": 0},
-        database_url=db_url,
-    )
-    network.certify(directory)
-    node = NodeDir(directory)
-    await register_server(node, PASSPHRASE, session=session)
-    for _ in range(200):
-        try:
-            await client_request(node, PASSPHRASE, SubsystemId.parse(client), session=session)
-            break
-        except RegistrationError as exc:  # the registry may not have executed it yet
-            if "not registered" not in str(exc):
-                raise
-            await asyncio.sleep(0.05)
-    return node
-
-
-async def _wait_until_published(node: NodeDir, clients: list[str]) -> None:
-    async with aiohttp.ClientSession() as s:
-        conf_client = ConfClient(node.globalconf_dir, node.load_anchor(), session=s)
-        for _ in range(200):
-            await conf_client.poll_once()
-            conf = conf_client.latest
-            if (
-                conf is not None
-                and conf.tsas
-                and all(conf.servers_for_client(SubsystemId.parse(c)) for c in clients)
-            ):
-                return
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{clients} and the TSA never appeared in the global configuration")
-
-
 def _tsa_authority(network: Network) -> TimestampAuthority:
     keystore = SoftwareKeyStore(network.tmp / "tsa-keys")
     issued = network.ca.issue_for_new_key(
@@ -321,10 +232,14 @@ async def log_network_for(
             await network.store.add_tsa(
                 "test", "Jisr Test TSA", tsa.url, authority.certificate.public_bytes(Encoding.DER)
             )
-            consumer = await _node(network, session, CONSUMER_SERVER, CONSUMER, consumer_db.url)
-            provider = await _node(network, session, PROVIDER_SERVER, PROVIDER, provider_db.url)
-            await _wait_until_published(consumer, [CONSUMER, PROVIDER])
-            await _wait_until_published(provider, [CONSUMER, PROVIDER])
+            consumer = await registered_node(
+                network, session, CONSUMER_SERVER, CONSUMER, consumer_db.url
+            )
+            provider = await registered_node(
+                network, session, PROVIDER_SERVER, PROVIDER, provider_db.url
+            )
+            await wait_until_published(consumer, [CONSUMER, PROVIDER], with_tsa=True)
+            await wait_until_published(provider, [CONSUMER, PROVIDER], with_tsa=True)
             await CatalogueStore(consumer_db.pool).add_client("setup", CONSUMER)
             provider_store = CatalogueStore(provider_db.pool)
             await provider_store.add_client("setup", PROVIDER)

@@ -7,7 +7,6 @@ import contextlib
 import datetime as dt
 import json
 import ssl
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -26,8 +25,6 @@ from security_server.node import running_node
 from security_server.node_dir import NodeDir, sha256_fingerprint
 from security_server.node_keys import NodeKeys
 from security_server.registration import register_server
-from storage.database import open_pool
-from storage.embedded import database_url
 from tests.pki_factory import FixturePki, Issued, new_key
 from tests.security_server.test_node_setup import (
     PASSPHRASE,
@@ -37,6 +34,7 @@ from tests.security_server.test_node_setup import (
     utc_now,
     wait_for_server_in_conf,
 )
+from tests.security_server.two_nodes import node_database
 
 pytestmark = pytest.mark.postgres
 
@@ -56,27 +54,8 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 async def node_pool(pg_server_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
     """A second fresh database: the registry of the network fixture uses the first."""
-    name = "n_" + uuid.uuid4().hex[:16]
-    conn = await asyncpg.connect(pg_server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        async with open_pool(
-            configured_url=database_url(pg_server_url, name),
-            data_dir=tmp_path,
-            database=name,
-            migrations="security_server.migrations",
-            max_size=4,
-        ) as pool:
-            yield pool
-    finally:
-        conn = await asyncpg.connect(pg_server_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+    async with node_database(pg_server_url, tmp_path) as db:
+        yield db.pool
 
 
 async def _registered_node(network: Network, session: aiohttp.ClientSession) -> NodeDir:
