@@ -24,7 +24,7 @@ from gateway.globalconf import (
     SigningKey,
     build_globalconf,
 )
-from gateway.log_record import verify_chain, verify_record_timestamp
+from gateway.log_record import LogRecord, verify_chain, verify_record_timestamp
 from security_server.message_log import PostgresMessageLog
 from security_server.timestamper import Timestamper
 from tests.pki_factory import NOW, FixturePki, Issued
@@ -141,6 +141,29 @@ async def _write(log: PostgresMessageLog, count: int, prefix: str = "msg") -> No
     await asyncio.gather(*(log.record(make_entry(f"{prefix}-{i}")) for i in range(count)))
 
 
+async def _write_and_stamp(
+    log: PostgresMessageLog, stamper: Timestamper, count: int
+) -> list[LogRecord]:
+    """``count`` records written, every one of them timestamped, and the log read back."""
+    await _write(log, count)
+    assert await stamper.timestamp_pending() == count
+    return await log.read_records()
+
+
+@pytest.fixture
+async def live_log(
+    pool: asyncpg.Pool,
+    session: aiohttp.ClientSession,
+    pki: FixturePki,
+    live: ApprovedTsa,
+    clock: Clock,
+) -> AsyncIterator[tuple[Timestamper, PostgresMessageLog]]:
+    """A message log and its timestamper, the live TSA the only approved one."""
+    stamper = Timestamper(pool, Conf(pki, [live]), session, clock=clock)
+    async with PostgresMessageLog(pool, NODE, clock=clock, timestamper=stamper) as log:
+        yield stamper, log
+
+
 async def _batch_count(pool: asyncpg.Pool) -> int:
     value = await pool.fetchval("SELECT count(*) FROM timestamp_batches")
     assert isinstance(value, int)
@@ -149,17 +172,13 @@ async def _batch_count(pool: asyncpg.Pool) -> int:
 
 async def test_a_batch_of_records_gets_one_token_and_every_proof_verifies(
     pool: asyncpg.Pool,
-    session: aiohttp.ClientSession,
-    pki: FixturePki,
+    live_log: tuple[Timestamper, PostgresMessageLog],
     live: ApprovedTsa,
     tsa_issued: Issued,
     clock: Clock,
 ) -> None:
-    stamper = Timestamper(pool, Conf(pki, [live]), session, clock=clock)
-    async with PostgresMessageLog(pool, NODE, clock=clock, timestamper=stamper) as log:
-        await _write(log, 25)
-        assert await stamper.timestamp_pending() == 25
-        records = await log.read_records()
+    stamper, log = live_log
+    records = await _write_and_stamp(log, stamper, 25)
     assert await _batch_count(pool) == 1
     verify_chain(records)
     batches = {r.timestamp.batch.batch_id for r in records if r.timestamp is not None}
@@ -178,18 +197,13 @@ async def test_a_batch_of_records_gets_one_token_and_every_proof_verifies(
 
 
 async def test_a_proof_does_not_verify_for_another_record(
-    pool: asyncpg.Pool,
-    session: aiohttp.ClientSession,
+    live_log: tuple[Timestamper, PostgresMessageLog],
     pki: FixturePki,
-    live: ApprovedTsa,
     tsa_issued: Issued,
     clock: Clock,
 ) -> None:
-    stamper = Timestamper(pool, Conf(pki, [live]), session, clock=clock)
-    async with PostgresMessageLog(pool, NODE, clock=clock, timestamper=stamper) as log:
-        await _write(log, 3)
-        await stamper.timestamp_pending()
-        first, second, _ = await log.read_records()
+    stamper, log = live_log
+    first, second, _ = await _write_and_stamp(log, stamper, 3)
     assert first.timestamp is not None
     with pytest.raises(TimestampError, match="inclusion proof"):
         verify_record_timestamp(
@@ -203,35 +217,30 @@ async def test_a_proof_does_not_verify_for_another_record(
 
 async def test_a_batch_is_one_row_naming_its_records_and_changed_hashes_do_not_verify(
     pool: asyncpg.Pool,
-    session: aiohttp.ClientSession,
-    pki: FixturePki,
-    live: ApprovedTsa,
+    live_log: tuple[Timestamper, PostgresMessageLog],
     tsa_issued: Issued,
     clock: Clock,
     fresh_db_url: str,
 ) -> None:
-    stamper = Timestamper(pool, Conf(pki, [live]), session, clock=clock)
-    async with PostgresMessageLog(pool, NODE, clock=clock, timestamper=stamper) as log:
-        await _write(log, 5)
-        await stamper.timestamp_pending()
-        records = await log.read_records()
-        row = await pool.fetchrow("SELECT first_seq, size, leaves FROM timestamp_batches")
-        assert row is not None
-        assert (row["first_seq"], row["size"]) == (1, 5)
-        assert row["leaves"] == b"".join(r.record_hash for r in records)
-        # The records themselves carry nothing of the timestamp.
-        assert await pool.fetchval("SELECT count(batch_id) FROM message_log") == 0
-        # Someone with the database's rights swaps two record hashes in the batch: the proofs
-        # computed from them lead to another root than the timestamped one, for every record.
-        conn = await asyncpg.connect(fresh_db_url)
-        try:
-            await conn.execute("SET session_replication_role = replica")
-            leaves = bytes(row["leaves"])
-            swapped = leaves[32:64] + leaves[:32] + leaves[64:]
-            await conn.execute("UPDATE timestamp_batches SET leaves = $1", swapped)
-        finally:
-            await conn.close()
-        tampered = await log.read_records()
+    stamper, log = live_log
+    records = await _write_and_stamp(log, stamper, 5)
+    row = await pool.fetchrow("SELECT first_seq, size, leaves FROM timestamp_batches")
+    assert row is not None
+    assert (row["first_seq"], row["size"]) == (1, 5)
+    assert row["leaves"] == b"".join(r.record_hash for r in records)
+    # The records themselves carry nothing of the timestamp.
+    assert await pool.fetchval("SELECT count(batch_id) FROM message_log") == 0
+    # Someone with the database's rights swaps two record hashes in the batch: the proofs
+    # computed from them lead to another root than the timestamped one, for every record.
+    conn = await asyncpg.connect(fresh_db_url)
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        leaves = bytes(row["leaves"])
+        swapped = leaves[32:64] + leaves[:32] + leaves[64:]
+        await conn.execute("UPDATE timestamp_batches SET leaves = $1", swapped)
+    finally:
+        await conn.close()
+    tampered = await log.read_records()
     for record in records:  # as written, every proof holds
         assert record.timestamp is not None
         verify_record_timestamp(
@@ -250,9 +259,7 @@ async def test_a_large_backlog_is_split_into_batches_of_the_limit(
 ) -> None:
     stamper = Timestamper(pool, Conf(pki, [live]), session, clock=Clock(), max_batch=4)
     async with PostgresMessageLog(pool, NODE, clock=Clock(), timestamper=stamper) as log:
-        await _write(log, 10)
-        assert await stamper.timestamp_pending() == 10
-        records = await log.read_records()
+        records = await _write_and_stamp(log, stamper, 10)
     assert await _batch_count(pool) == 3
     assert [r.timestamp.batch.size for r in records if r.timestamp] == [4] * 4 + [4] * 4 + [2] * 2
 
@@ -267,9 +274,7 @@ async def test_tries_the_approved_tsas_in_order(
 ) -> None:
     stamper = Timestamper(pool, Conf(pki, [down, live]), session, clock=clock)
     async with PostgresMessageLog(pool, NODE, clock=clock, timestamper=stamper) as log:
-        await _write(log, 2)
-        await stamper.timestamp_pending()
-        records = await log.read_records()
+        records = await _write_and_stamp(log, stamper, 2)
     assert {r.timestamp.batch.tsa_url for r in records if r.timestamp} == {live.url}
 
 
