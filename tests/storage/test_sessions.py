@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from storage.database import open_pool
 from storage.sessions import PooledConnection, session_changed
@@ -20,7 +22,9 @@ async def _advisory_locks(conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
     return count
 
 
-async def test_marked_connection_is_reset_in_full(fresh_db_url: str, tmp_path: Path) -> None:
+@pytest.fixture
+async def pool(fresh_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
+    """A pool from open_pool of one connection, so every acquire gets the same session."""
     async with open_pool(
         configured_url=fresh_db_url,
         data_dir=tmp_path,
@@ -28,45 +32,41 @@ async def test_marked_connection_is_reset_in_full(fresh_db_url: str, tmp_path: P
         migrations=None,
         min_size=1,
         max_size=1,
-    ) as pool:
-        async with pool.acquire() as conn:
-            session_changed(conn)
-            await conn.execute("SELECT pg_advisory_lock($1)", _KEY)
-            await conn.execute("SET application_name = 'marked'")
-            pid = await conn.fetchval("SELECT pg_backend_pid()")
-        async with pool.acquire() as conn:
-            assert await conn.fetchval("SELECT pg_backend_pid()") == pid  # the same session
-            assert await _advisory_locks(conn) == 0
-            assert await conn.fetchval("SHOW application_name") != "marked"
+    ) as p:
+        yield p
+
+
+async def test_marked_connection_is_reset_in_full(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        session_changed(conn)
+        await conn.execute("SELECT pg_advisory_lock($1)", _KEY)
+        await conn.execute("SET application_name = 'marked'")
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT pg_backend_pid()") == pid  # the same session
+        assert await _advisory_locks(conn) == 0
+        assert await conn.fetchval("SHOW application_name") != "marked"
 
 
 async def test_unmarked_connection_keeps_its_session_but_not_a_transaction(
-    fresh_db_url: str, tmp_path: Path
+    pool: asyncpg.Pool,
 ) -> None:
-    async with open_pool(
-        configured_url=fresh_db_url,
-        data_dir=tmp_path,
-        database="unused",
-        migrations=None,
-        min_size=1,
-        max_size=1,
-    ) as pool:
-        await pool.execute("CREATE TABLE t (x int)")
-        async with pool.acquire() as conn:
-            await conn.execute("SET application_name = 'unmarked'")
-            # A transaction left open (not through conn.transaction()) is rolled back.
-            await conn.execute("BEGIN; INSERT INTO t VALUES (1)")
-        async with pool.acquire() as conn:
-            assert await conn.fetchval("SHOW application_name") == "unmarked"
-            assert await conn.fetchval("SELECT count(*) FROM t") == 0
-            assert not conn.is_in_transaction()
-            # The next use of a marked connection gets the full reset once, then not again.
-            session_changed(conn)
-        async with pool.acquire() as conn:
-            assert await conn.fetchval("SHOW application_name") != "unmarked"
-            await conn.execute("SET application_name = 'again'")
-        async with pool.acquire() as conn:
-            assert await conn.fetchval("SHOW application_name") == "again"
+    await pool.execute("CREATE TABLE t (x int)")
+    async with pool.acquire() as conn:
+        await conn.execute("SET application_name = 'unmarked'")
+        # A transaction left open (not through conn.transaction()) is rolled back.
+        await conn.execute("BEGIN; INSERT INTO t VALUES (1)")
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SHOW application_name") == "unmarked"
+        assert await conn.fetchval("SELECT count(*) FROM t") == 0
+        assert not conn.is_in_transaction()
+        # The next use of a marked connection gets the full reset once, then not again.
+        session_changed(conn)
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SHOW application_name") != "unmarked"
+        await conn.execute("SET application_name = 'again'")
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SHOW application_name") == "again"
 
 
 async def test_connection_of_another_pool_is_left_alone(fresh_db_url: str) -> None:
