@@ -1,0 +1,145 @@
+"""Upgrading a message log written before migration 0004 (timestamps kept in each record)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+import pytest
+
+from gateway.hash_tree import verify_proof
+from gateway.log_record import GENESIS_HASH, LogRecord, batch_tree, timestamp_leaf, verify_chain
+from gateway.transport import encode_proof
+from security_server.message_log import PostgresMessageLog
+from storage.migrations import apply_migrations, load_migrations
+from tests.security_server.test_message_log import LOG_MIGRATIONS, NODE, Clock, make_entry
+
+pytestmark = pytest.mark.postgres
+
+_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    package text NOT NULL, version integer NOT NULL, name text NOT NULL,
+    checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (package, version))"""
+
+_COLUMNS = (
+    "seq", "logged_at", "direction", "message_id", "client", "service", "user_id", "issue",
+    "protocol", "created_at", "record", "signed_part", "body", "signature", "proof",
+    "certificates", "ocsp", "prev_hash", "record_hash",
+)  # fmt: skip
+
+
+async def _schema_before_0004(conn: asyncpg.Connection) -> None:
+    """The log's tables as a node before migration 0004 left them."""
+    await conn.execute(_MIGRATIONS_TABLE)
+    for migration in load_migrations(LOG_MIGRATIONS):
+        if migration.version >= 4:
+            break
+        await conn.execute(migration.sql)
+        await conn.execute(
+            "INSERT INTO schema_migrations (package, version, name, checksum) "
+            "VALUES ($1, $2, $3, $4)",
+            LOG_MIGRATIONS,
+            migration.version,
+            migration.name,
+            migration.checksum,
+        )
+
+
+async def _write_old_records(conn: asyncpg.Connection, count: int) -> list[LogRecord]:
+    records: list[LogRecord] = []
+    prev = GENESIS_HASH
+    logged_at = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
+    for seq in range(1, count + 1):
+        record = LogRecord.append(NODE, seq, logged_at, make_entry(f"old-{seq}"), prev)
+        records.append(record)
+        prev = record.record_hash
+    rows = [
+        (
+            r.seq,
+            r.logged_at,
+            r.entry.direction,
+            r.entry.message_id,
+            str(r.entry.client),
+            str(r.entry.service),
+            r.entry.user_id,
+            r.entry.issue,
+            r.entry.protocol,
+            r.entry.created_at,
+            r.canonical_bytes(),
+            r.entry.signed_part,
+            r.entry.body,
+            r.entry.signature,
+            r.entry.proof,
+            list(r.entry.certificates),
+            r.entry.ocsp,
+            r.prev_hash,
+            r.record_hash,
+        )
+        for r in records
+    ]
+    await conn.copy_records_to_table("message_log", records=rows, columns=_COLUMNS)
+    return records
+
+
+async def test_a_log_stamped_record_by_record_keeps_its_proofs_after_the_upgrade(
+    fresh_db_url: str,
+) -> None:
+    conn = await asyncpg.connect(fresh_db_url)
+    try:
+        await _schema_before_0004(conn)
+        old = await _write_old_records(conn, 4)
+        # The old timestamper: one batch over records 1..3, each record given its proof.
+        root, proofs = batch_tree([r.record_hash for r in old[:3]])
+        batch = await conn.fetchval(
+            "INSERT INTO timestamp_batches (root, size, token, tsa_url, gen_time) "
+            "VALUES ($1, 3, '\\x30'::bytea, 'http://tsa', now()) RETURNING id",
+            root,
+        )
+        for record, proof in zip(old[:3], proofs, strict=True):
+            await conn.execute(
+                "UPDATE message_log SET batch_id = $1, batch_proof = $2 WHERE seq = $3",
+                batch,
+                encode_proof(proof),
+                record.seq,
+            )
+        assert await apply_migrations(conn, LOG_MIGRATIONS) == ["0004_batch_ranges.sql"]
+        assert await conn.fetchval("SELECT message_log_timestamped_through()") == 3
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError):
+            await conn.execute("UPDATE message_log SET batch_proof = NULL WHERE seq = 4")
+    finally:
+        await conn.close()
+
+    pool = await asyncpg.create_pool(fresh_db_url, min_size=1, max_size=2)
+    try:
+        async with PostgresMessageLog(pool, NODE, clock=Clock()) as log:
+            await log.record(make_entry("new-5"))
+            records = await log.read_records()
+            assert [r.seq for r in records] == [1, 2, 3, 4, 5]
+            verify_chain(records)  # the new record continues the old chain
+            for record, proof in zip(records[:3], proofs, strict=True):
+                assert record.timestamp is not None
+                assert record.timestamp.batch.batch_id == batch
+                assert record.timestamp.proof == proof
+            assert [r.timestamp for r in records[3:]] == [None, None]
+
+            # The new timestamper's batch starts right after the old one: records 4 and 5.
+            hashes = [r.record_hash for r in records[3:]]
+            new_root, _ = batch_tree(hashes)
+            await pool.execute(
+                "INSERT INTO timestamp_batches (root, size, token, tsa_url, gen_time, "
+                "first_seq, leaves) VALUES ($1, 2, '\\x30'::bytea, 'http://tsa', now(), 4, $2)",
+                new_root,
+                b"".join(hashes),
+            )
+            stamped = await log.read_records()
+        for record in stamped[3:]:
+            assert record.timestamp is not None
+            assert record.timestamp.batch.root == new_root
+            assert verify_proof(
+                timestamp_leaf(record.record_hash), record.timestamp.proof, new_root
+            )
+        for record in stamped[:3]:
+            assert record.timestamp is not None
+            assert verify_proof(timestamp_leaf(record.record_hash), record.timestamp.proof, root)
+    finally:
+        await pool.close()
