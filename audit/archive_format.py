@@ -49,9 +49,10 @@ from gateway.asic import (
     check_name,
     parse_container,
 )
+from gateway.canonical import canonical_json
 from gateway.globalconf import GlobalConf
 from gateway.log_record import CONSUMER_DIRECTIONS, Direction, LogRecord, chain_hash
-from gateway.transport import decode_proof, encode_proof, root_content
+from gateway.transport import decode_proof, encode_proof, root_content, utc_time_formatter
 
 ARCHIVE_FORMAT: Final = "jisr-archive/1"
 EVIDENCE_FORMAT: Final = "jisr-exchange/1"
@@ -131,24 +132,12 @@ class MessageFiles:
 FILES: Final = {role: MessageFiles(role) for role in ROLES}
 
 
-# --- canonical JSON ------------------------------------------------------------------------------
-
-
-def canonical_json(value: object) -> bytes:
-    """The one byte form of the archive's JSON files."""
-    return json.dumps(
-        value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
-    ).encode("utf-8")
-
-
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def format_time(when: dt.datetime) -> str:
-    """UTC with milliseconds, ``2026-11-01T12:00:00.000Z``."""
-    utc = _utc(when)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+#: Archive times: UTC with milliseconds, ``2026-11-01T12:00:00.000Z`` (the transport's form).
+format_time: Final = utc_time_formatter(3, "archive times")
 
 
 def _utc(when: dt.datetime) -> dt.datetime:

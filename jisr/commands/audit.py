@@ -18,7 +18,6 @@ import binascii
 import datetime as dt
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -32,6 +31,7 @@ from audit.report import Report
 from audit.search import Criteria, describe, export, load, search
 from audit.verifier import verify_path
 from config.errors import JisrError
+from config.files import write_atomically
 from gateway.anchor import Anchor
 from gateway.faults import FaultError
 from gateway.log_record import chain_hash, check_entry, parse_record
@@ -301,16 +301,13 @@ def export_command(path: Path, message_id: str, client: str | None, output: Path
         data, sources = export(path, message_id, client)
     except JisrError as exc:
         _fail(exc.message)
-    directory = output.parent if str(output.parent) else Path()
-    fd, temp = tempfile.mkstemp(prefix=".export-", dir=directory)
+    # Into an existing directory only, readable by its owner only (it holds an exchange's
+    # evidence).
+    if not output.parent.is_dir():
+        _fail(f"cannot write {output}: {output.parent} is not a directory")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, output)
+        write_atomically(output, data, mode=0o600)
     except OSError as exc:
-        Path(temp).unlink(missing_ok=True)
         _fail(f"cannot write {output}: {exc.strerror or exc}")
     click.echo(
         f"wrote {output} ({len(data)} bytes) from {', '.join(s.where for s in sources)}; "

@@ -159,6 +159,8 @@ def test_export_gathers_a_cut_exchange_into_one_verifiable_container(
     assert code == 0, output
     assert "containers/000000000002.asice" in output
     assert "containers/000000000004.asice" in output
+    assert out.stat().st_mode & 0o777 == 0o600  # the evidence is for its owner to hand on
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file
     code, output = _run(
         "audit", "verify", "--anchor", str(directory.parent / "anchor.json"), "-v", str(out)
     )
@@ -174,6 +176,20 @@ def test_export_of_an_unknown_message_fails(archives: tuple[Path, NodeLog], tmp_
     assert code == 2
     assert "no exchange with message id 'nope'" in output
     assert not (tmp_path / "x.asice").exists()
+
+
+def test_export_into_a_missing_directory_fails_and_creates_nothing(
+    archives: tuple[Path, NodeLog], tmp_path: Path
+) -> None:
+    directory, log = archives
+    message_id = log.records[1].entry.message_id
+    out = tmp_path / "missing" / "exchange.asice"
+    code, output = _run(
+        "audit", "export", str(directory), "--message-id", message_id, "-o", str(out)
+    )
+    assert code == 2
+    assert f"cannot write {out}" in output
+    assert not out.parent.exists()
 
 
 @pytest.mark.e2e
