@@ -72,7 +72,9 @@ class BatchTrees:
     """Turns rows into :class:`RecordTimestamp` values, keeping the last few batches' trees."""
 
     def __init__(self) -> None:
-        self._trees: OrderedDict[int, Tree] = OrderedDict()
+        #: By batch id: the leaves a tree was built from, and the tree. A tree is used again
+        #: only for the same leaves, so what is read is always what the database holds now.
+        self._trees: OrderedDict[int, tuple[bytes, Tree]] = OrderedDict()
 
     @staticmethod
     def batch_ids(rows: list[asyncpg.Record]) -> list[int]:
@@ -115,11 +117,11 @@ class BatchTrees:
         return RecordTimestamp(batch, self._tree(batch_id, found).proof(seq - first_seq))
 
     def _tree(self, batch_id: int, found: asyncpg.Record) -> Tree:
-        tree = self._trees.get(batch_id)
-        if tree is not None:
-            self._trees.move_to_end(batch_id)
-            return tree
         leaves = bytes(found["leaves"])
+        kept = self._trees.get(batch_id)
+        if kept is not None and kept[0] == leaves:
+            self._trees.move_to_end(batch_id)
+            return kept[1]
         size = found["size"]
         if len(leaves) != HASH_SIZE * size:
             raise LogIntegrityError(
@@ -129,7 +131,8 @@ class BatchTrees:
         tree = Tree(
             [timestamp_leaf(leaves[i : i + HASH_SIZE]) for i in range(0, len(leaves), HASH_SIZE)]
         )
-        self._trees[batch_id] = tree
+        self._trees[batch_id] = (leaves, tree)
+        self._trees.move_to_end(batch_id)
         while len(self._trees) > _TREES_KEPT:
             self._trees.popitem(last=False)
         return tree

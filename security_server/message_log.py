@@ -180,6 +180,8 @@ class PostgresMessageLog:
         self._write_timeout_s = write_timeout_s
         self._state = timestamper.state if timestamper is not None else TimestampingState()
         self._head: tuple[int, bytes] | None = None
+        #: Hash trees of the last batches read (batches never change once stored).
+        self._trees = BatchTrees()
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -463,7 +465,7 @@ class PostgresMessageLog:
         except _DB_ERRORS as exc:
             await expire_if_lost(self._pool, exc)
             raise StorageError(f"cannot read the message log: {exc}") from exc
-        trees = BatchTrees()
+        trees = self._trees
         try:
             batches = {
                 b["id"]: b for b in await self._pool.fetch(BATCHES_QUERY, trees.batch_ids(rows))
