@@ -351,10 +351,14 @@ class RegistryStore:
         return [dict(r) for r in rows]
 
     async def delete_member_class(self, actor: str, code: str) -> None:
-        async with self._write(actor, "member_class.delete", {"member_class": code}) as conn:
-            done = await conn.execute("DELETE FROM member_classes WHERE code = $1", code)
-            if done == "DELETE 0":
-                raise NotFoundError(f"member class {code} does not exist")
+        await self._delete_named(
+            actor,
+            "member_class.delete",
+            "DELETE FROM member_classes WHERE code = $1",
+            code,
+            f"member class {code} does not exist",
+            key="member_class",
+        )
 
     async def _member_pk(self, conn: Connection, member: MemberId) -> int:
         pk = await conn.fetchval(
@@ -688,16 +692,28 @@ class RegistryStore:
                 )
 
     async def _delete_named(
-        self, actor: str, action: str, delete_sql: str, name: str, what: str
+        self,
+        actor: str,
+        action: str,
+        delete_sql: str,
+        name: str,
+        missing: str,
+        *,
+        key: str = "name",
     ) -> None:
-        """Run ``delete_sql`` (one ``$1`` for the name) with its audit row; 404 if none."""
-        async with self._write(actor, action, {"name": name}) as conn:
+        """Run ``delete_sql`` (one ``$1`` for the name) with its audit row (``{key: name}``);
+        :class:`NotFoundError` with the message ``missing`` (404) if it deleted nothing."""
+        async with self._write(actor, action, {key: name}) as conn:
             if await conn.execute(delete_sql, name) == "DELETE 0":
-                raise NotFoundError(f"no {what} is named {name!r}")
+                raise NotFoundError(missing)
 
     async def delete_ca(self, actor: str, name: str) -> None:
         await self._delete_named(
-            actor, "ca.delete", "DELETE FROM approved_cas WHERE name = $1", name, "approved CA"
+            actor,
+            "ca.delete",
+            "DELETE FROM approved_cas WHERE name = $1",
+            name,
+            f"no approved CA is named {name!r}",
         )
 
     async def list_cas(self) -> list[dict[str, Any]]:
@@ -735,7 +751,11 @@ class RegistryStore:
 
     async def delete_tsa(self, actor: str, name: str) -> None:
         await self._delete_named(
-            actor, "tsa.delete", "DELETE FROM approved_tsas WHERE name = $1", name, "approved TSA"
+            actor,
+            "tsa.delete",
+            "DELETE FROM approved_tsas WHERE name = $1",
+            name,
+            f"no approved TSA is named {name!r}",
         )
 
     async def list_tsas(self) -> list[dict[str, Any]]:
@@ -762,10 +782,14 @@ class RegistryStore:
         return int(pk)
 
     async def delete_group(self, actor: str, code: str) -> None:
-        async with self._write(actor, "group.delete", {"code": code}) as conn:
-            await conn.execute(
-                "DELETE FROM global_groups WHERE id = $1", await self._group_pk(conn, code)
-            )
+        await self._delete_named(
+            actor,
+            "group.delete",
+            "DELETE FROM global_groups WHERE code = $1",
+            code,
+            f"global group {code!r} does not exist",
+            key="code",
+        )
 
     async def add_group_member(self, actor: str, code: str, client: MemberId | SubsystemId) -> None:
         await self._check_instance(client.instance)

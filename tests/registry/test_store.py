@@ -97,3 +97,36 @@ async def test_api_keys_are_stored_as_hashes_and_revocable(registry: Registry) -
     assert all(key not in r["key_hash"] for r in stored)
     await store.revoke_api_key("op", "auditor-1")
     assert await store.authenticate(key) is None
+
+
+async def test_deletes_a_member_class_and_a_global_group_with_audit_rows(
+    registry: Registry,
+) -> None:
+    store = registry.store
+    await store.add_member_class("op", "COM", "Companies")
+    await store.add_member("op", MemberId.parse("IQ/GOV/NDC"), "National Data Centre")
+    await store.add_group("op", "security-servers", "Every owner")
+    await store.add_group_member("op", "security-servers", MemberId.parse("IQ/GOV/NDC"))
+    await store.delete_member_class("op", "COM")
+    await store.delete_group("op", "security-servers")
+    assert [c["code"] for c in await store.list_member_classes()] == ["GOV"]
+    assert await store.list_groups() == []
+    async with registry.pool.acquire() as conn:  # the group's members went with it
+        assert await conn.fetchval("SELECT count(*) FROM global_group_members") == 0
+    assert [a["details"] for a in await store.list_audit(action="member_class.delete")] == [
+        {"member_class": "COM"}
+    ]
+    assert [a["details"] for a in await store.list_audit(action="group.delete")] == [
+        {"code": "security-servers"}
+    ]
+    # What does not exist is reported and nothing is written, not even an audit row.
+    before = await _counts(registry)
+    with pytest.raises(NotFoundError, match="member class COM does not exist"):
+        await store.delete_member_class("op", "COM")
+    with pytest.raises(NotFoundError, match="global group 'security-servers' does not exist"):
+        await store.delete_group("op", "security-servers")
+    with pytest.raises(NotFoundError, match="no approved CA is named 'nope'"):
+        await store.delete_ca("op", "nope")
+    with pytest.raises(NotFoundError, match="no approved TSA is named 'nope'"):
+        await store.delete_tsa("op", "nope")
+    assert await _counts(registry) == before
