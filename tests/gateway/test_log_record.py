@@ -29,7 +29,6 @@ from gateway.log_record import (
     chain_hash,
     chain_problems,
     check_entry,
-    format_time,
     parse_record,
     verify_chain,
     verify_record_timestamp,
@@ -429,25 +428,3 @@ def test_a_token_over_another_digest_of_the_root_is_refused() -> None:
             stamps[0],
             tsa_certs=[tsa_cert],
         )
-
-
-def test_record_times_match_the_strftime_form_in_every_zone() -> None:
-    # format_time builds the string by hand; this is the form it must keep producing.
-    import random
-
-    rng = random.Random(7)
-    for _ in range(5000):
-        when = dt.datetime(
-            rng.randint(1000, 9998),
-            rng.randint(1, 12),
-            rng.randint(1, 28),
-            rng.randint(0, 23),
-            rng.randint(0, 59),
-            rng.randint(0, 59),
-            rng.randint(0, 999_999),
-            tzinfo=dt.timezone(dt.timedelta(minutes=rng.randint(-14 * 60, 14 * 60))),
-        )
-        expected = when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        assert format_time(when) == expected
-    with pytest.raises(ValueError, match="timezone-aware"):
-        format_time(dt.datetime(2026, 1, 1))

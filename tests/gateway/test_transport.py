@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from certs.signer import SoftwareSigner
+from gateway import log_record
 from gateway.faults import CLIENT_PROXY, FaultError
 from gateway.hash_tree import InclusionProof
 from gateway.identifiers import MemberId, SecurityServerId, ServiceId, SubsystemId
@@ -152,8 +153,17 @@ def test_signed_part_is_canonical_json_with_sorted_members() -> None:
     assert value["kind"] == "request"
 
 
-def test_created_at_matches_the_strftime_form_in_every_zone() -> None:
-    # format_time builds the string by hand; this is the form it must keep producing.
+@pytest.mark.parametrize(
+    ("formatter", "digits", "refusal"),
+    [
+        (format_time, 3, "created_at must be timezone-aware"),  # created_at: milliseconds
+        (log_record.format_time, 6, "timezone-aware"),  # message-log records: microseconds
+    ],
+)
+def test_times_match_the_strftime_form_in_every_zone(
+    formatter: Callable[[dt.datetime], str], digits: int, refusal: str
+) -> None:
+    # Both formatters build the string by hand; this is the form they must keep producing.
     rng = random.Random(7)
     for _ in range(5000):
         when = dt.datetime(
@@ -166,10 +176,10 @@ def test_created_at_matches_the_strftime_form_in_every_zone() -> None:
             rng.randint(0, 999_999),
             tzinfo=dt.timezone(dt.timedelta(minutes=rng.randint(-14 * 60, 14 * 60))),
         )
-        expected = when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        assert format_time(when) == expected
-    with pytest.raises(ValueError, match="created_at must be timezone-aware"):
-        format_time(dt.datetime(2026, 1, 1))
+        full = when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        assert formatter(when) == full[: len(full) - 6 + digits] + "Z"
+    with pytest.raises(ValueError, match=refusal):
+        formatter(dt.datetime(2026, 1, 1))
 
 
 def test_signed_parts_round_trip() -> None:

@@ -10,7 +10,7 @@ import pytest
 from gateway.hash_tree import verify_proof
 from gateway.log_record import GENESIS_HASH, LogRecord, batch_tree, timestamp_leaf, verify_chain
 from gateway.transport import encode_proof
-from security_server.message_log import PostgresMessageLog
+from security_server.message_log import COPY_COLUMNS, PostgresMessageLog, copy_row
 from storage.migrations import apply_migrations, load_migrations
 from tests.security_server.test_message_log import LOG_MIGRATIONS, NODE, Clock, make_entry
 
@@ -20,12 +20,6 @@ _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
     package text NOT NULL, version integer NOT NULL, name text NOT NULL,
     checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (package, version))"""
-
-_COLUMNS = (
-    "seq", "logged_at", "direction", "message_id", "client", "service", "user_id", "issue",
-    "protocol", "created_at", "record", "signed_part", "body", "signature", "proof",
-    "certificates", "ocsp", "prev_hash", "record_hash",
-)  # fmt: skip
 
 
 async def _schema_before_0004(conn: asyncpg.Connection) -> None:
@@ -53,31 +47,8 @@ async def _write_old_records(conn: asyncpg.Connection, count: int) -> list[LogRe
         record = LogRecord.append(NODE, seq, logged_at, make_entry(f"old-{seq}"), prev)
         records.append(record)
         prev = record.record_hash
-    rows = [
-        (
-            r.seq,
-            r.logged_at,
-            r.entry.direction,
-            r.entry.message_id,
-            str(r.entry.client),
-            str(r.entry.service),
-            r.entry.user_id,
-            r.entry.issue,
-            r.entry.protocol,
-            r.entry.created_at,
-            r.canonical_bytes(),
-            r.entry.signed_part,
-            r.entry.body,
-            r.entry.signature,
-            r.entry.proof,
-            list(r.entry.certificates),
-            r.entry.ocsp,
-            r.prev_hash,
-            r.record_hash,
-        )
-        for r in records
-    ]
-    await conn.copy_records_to_table("message_log", records=rows, columns=_COLUMNS)
+    rows = [copy_row(r, r.canonical_bytes()) for r in records]
+    await conn.copy_records_to_table("message_log", records=rows, columns=COPY_COLUMNS)
     return records
 
 
