@@ -623,6 +623,9 @@ async def set_body_compression(pool: asyncpg.Pool, choice: str) -> str:
     """
     try:
         async with pool.acquire() as conn:
+            check_server_version(
+                int(await conn.fetchval("SELECT current_setting('server_version_num')"))
+            )
             lz4 = bool(
                 await conn.fetchval(
                     "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
@@ -655,6 +658,20 @@ async def set_body_compression(pool: asyncpg.Pool, choice: str) -> str:
         await expire_if_lost(pool, exc)
         raise StorageError(f"cannot set how the message log stores bodies: {exc}") from exc
     return "none" if storage == "e" else method
+
+
+#: The oldest PostgreSQL a node's log runs on (per-column compression came with 14).
+MIN_SERVER_VERSION: Final = 140000
+
+
+def check_server_version(version_num: int) -> None:
+    """Refuse a PostgreSQL server older than :data:`MIN_SERVER_VERSION` (``server_version_num``)."""
+    if version_num < MIN_SERVER_VERSION:
+        major = version_num // 10000
+        raise ConfigError(
+            f"the node's PostgreSQL server is version {major}; a node needs PostgreSQL 14 or "
+            "newer: upgrade the server, or leave the database URL empty to use the embedded one"
+        )
 
 
 def copy_row(record: LogRecord, canonical: bytes) -> tuple[object, ...]:

@@ -29,7 +29,11 @@ from gateway.log_record import (
     verify_chain,
 )
 from gateway.transport import RequestPart, ResponsePart, body_digest, encode_proof, sign_one
-from security_server.message_log import PostgresMessageLog, set_body_compression
+from security_server.message_log import (
+    PostgresMessageLog,
+    check_server_version,
+    set_body_compression,
+)
 from security_server.runtime import MessageLog
 from storage.migrations import apply_migrations
 from tests.pki_factory import NOW, FixturePki
@@ -667,3 +671,10 @@ async def test_bodies_are_stored_as_the_setting_says(
         await log.record(make_entry(f"big-{choice}", body=body))
     bodies = [r.entry.body for r in await log.read_records()]
     assert bodies == [body] * 3
+
+
+def test_a_server_older_than_postgresql_14_is_refused_with_what_to_do() -> None:
+    check_server_version(140000)
+    check_server_version(170002)
+    with pytest.raises(ConfigError, match="version 13; a node needs PostgreSQL 14 or newer"):
+        check_server_version(130012)
