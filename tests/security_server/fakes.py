@@ -54,6 +54,14 @@ from gateway.multipart import Part, build_multipart, parse_multipart
 from gateway.soap import build_request as build_soap_request
 from gateway.soap import build_response, parse_soap_request
 from gateway.soap_fault import parse_soap_fault
+from gateway.transport import (
+    CONTENT_TYPE,
+    EXCHANGE_PATH,
+    RequestPart,
+    body_digest,
+    encode_message,
+    sign_one,
+)
 from security_server.access_rights import AccessRight, AccessRights
 from security_server.client_proxy import client_proxy_app
 from security_server.runtime import LocalClient, LocalService, NodeRuntime, TlsFiles
@@ -645,6 +653,60 @@ class Reply:
         """The ``faultcode`` of a SOAP Fault answer."""
         fault = parse_soap_fault(self.body)
         return None if fault is None else fault.fault_code
+
+
+def signed_envelope(
+    net: Network,
+    *,
+    client: ClientId = CONSUMER,
+    code: str = "getCitizen",
+    message_id: str | None = None,
+    signer: SoftwareSigner | None = None,
+    body: bytes = b"",
+    headers: tuple[tuple[str, str], ...] = (("Accept", "application/json"),),
+) -> tuple[RequestPart, bytes]:
+    """A REST request to the provider, signed and framed as the consumer node would send it."""
+    part = RequestPart(
+        protocol="REST",
+        message_id=message_id or str(uuid.uuid4()),
+        client=client,
+        service=ServiceId.for_client(PROVIDER, code),
+        method="GET",
+        path="/citizens/1",
+        query=None,
+        headers=headers,
+        body_sha256=body_digest(body),
+        created_at=net.clock.now,
+    )
+    signer = signer or net.consumer_signers.signers[HJC]
+    sealed = sign_one(part, signer, now=net.clock.now)
+    ocsp = net.ocsp_response(signer.certificate)
+    return part, encode_message(part, body, sealed.proof, sealed.signature, ocsp)[1]
+
+
+async def post_exchange(
+    net: Network,
+    data: bytes,
+    *,
+    node_url: str | None = None,
+    ctx: ssl.SSLContext | None = None,
+    content_type: str = CONTENT_TYPE,
+    method: str = "POST",
+    path: str = EXCHANGE_PATH,
+) -> Reply:
+    """``data`` sent straight to a node's server side (the provider node's by default) over
+    the consumer node's mutual TLS."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method,
+            (node_url or net.provider_node_url) + path,
+            data=io.BytesIO(data),
+            headers={"Content-Type": content_type},
+            ssl=ctx or net.node_client_context(),
+        ) as response,
+    ):
+        return Reply(response.status, dict(response.headers), await response.read())
 
 
 async def call(

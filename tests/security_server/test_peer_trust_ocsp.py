@@ -8,43 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import io
 import json
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from certs.status import CertStatus
 from gateway.faults import FaultError
 from gateway.globalconf import SecurityServer
-from gateway.identifiers import ServiceId
 from gateway.transport import (
     CONTENT_TYPE,
-    EXCHANGE_PATH,
-    RequestPart,
     ResponsePart,
-    body_digest,
     decode_message,
-    encode_message,
-    sign_one,
 )
 from security_server.peer_trust import PeerAuthStatus
 from tests.pki_factory import FixturePki
 from tests.security_server.fakes import (
     CITIZEN_PATH,
-    CONSUMER,
     CONSUMER_NODE,
-    HJC,
-    PROVIDER,
     PROVIDER_NODE,
     Network,
     Reply,
     assert_still_serving,
     der,
+    post_exchange,
     rest,
+    signed_envelope,
     two_nodes,
 )
 
@@ -69,33 +59,7 @@ def refresh_staples(net: Network) -> None:
 
 async def post_directly(net: Network) -> Reply:
     """A signed request sent straight to the provider node, as the consumer node would."""
-    part = RequestPart(
-        protocol="REST",
-        message_id=str(uuid.uuid4()),
-        client=CONSUMER,
-        service=ServiceId.for_client(PROVIDER, "getCitizen"),
-        method="GET",
-        path="/citizens/1",
-        query=None,
-        headers=(),
-        body_sha256=body_digest(b""),
-        created_at=net.clock.now,
-    )
-    signer = net.consumer_signers.signers[HJC]
-    sealed = sign_one(part, signer, now=net.clock.now)
-    _, data = encode_message(
-        part, b"", sealed.proof, sealed.signature, net.ocsp_response(signer.certificate)
-    )
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            net.provider_node_url + EXCHANGE_PATH,
-            data=io.BytesIO(data),
-            headers={"Content-Type": CONTENT_TYPE},
-            ssl=net.node_client_context(),
-        ) as response,
-    ):
-        return Reply(response.status, dict(response.headers), await response.read())
+    return await post_exchange(net, signed_envelope(net, headers=())[1])
 
 
 def served(reply: Reply) -> bool:

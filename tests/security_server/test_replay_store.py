@@ -10,27 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import io
 import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 import pytest
 
 from gateway.faults import FaultError
-from gateway.identifiers import ServiceId, SubsystemId
+from gateway.identifiers import SubsystemId
 from gateway.transport import (
     CONTENT_TYPE,
-    EXCHANGE_PATH,
-    RequestPart,
     ResponsePart,
-    body_digest,
     decode_message,
-    encode_message,
-    sign_one,
 )
 from security_server.replay_store import PostgresReplayStore
 from security_server.server_proxy import server_proxy_app
@@ -39,11 +32,10 @@ from security_server.transport_client import TransportClient
 from storage.migrations import apply_migrations
 from tests.security_server.fakes import (
     CONSUMER,
-    HJC,
     PASSPHRASE,
-    PROVIDER,
     Network,
-    Reply,
+    post_exchange,
+    signed_envelope,
     two_nodes,
 )
 from trust_services.http_server import serve_app
@@ -199,35 +191,11 @@ async def provider_process(net: Network, url: str) -> AsyncIterator[str]:
 
 
 def signed_request(net: Network, message_id: str) -> bytes:
-    part = RequestPart(
-        protocol="REST",
-        message_id=message_id,
-        client=CONSUMER,
-        service=ServiceId.for_client(PROVIDER, "getCitizen"),
-        method="GET",
-        path="/citizens/1",
-        query=None,
-        headers=(),
-        body_sha256=body_digest(b""),
-        created_at=net.clock.now,
-    )
-    signer = net.consumer_signers.signers[HJC]
-    sealed = sign_one(part, signer, now=net.clock.now)
-    ocsp = net.ocsp_response(signer.certificate)
-    return encode_message(part, b"", sealed.proof, sealed.signature, ocsp)[1]
+    return signed_envelope(net, message_id=message_id, headers=())[1]
 
 
 async def post(net: Network, node_url: str, data: bytes) -> tuple[ResponsePart, bytes]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            node_url + EXCHANGE_PATH,
-            data=io.BytesIO(data),
-            headers={"Content-Type": CONTENT_TYPE},
-            ssl=net.node_client_context(),
-        ) as response,
-    ):
-        reply = Reply(response.status, dict(response.headers), await response.read())
+    reply = await post_exchange(net, data, node_url=node_url)
     assert reply.status == 200, reply
     message = decode_message(CONTENT_TYPE, reply.body, prefix="Server.ClientProxy")
     assert isinstance(message.signed_part, ResponsePart)
