@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -14,25 +13,12 @@ import pytest
 from config.errors import StorageError
 from gateway.identifiers import parse_client
 from security_server.catalogue_store import CatalogueError, CatalogueStore, NotFound
-from storage.database import open_pool
 from storage.embedded import database_url
+from tests.security_server.test_catalogue_store import CONSUMER, PROVIDER, pool
+
+__all__ = ["pool"]  # the fixture, imported to be used here
 
 pytestmark = pytest.mark.postgres
-
-PROVIDER = "IQ/GOV/NDC/population"
-CONSUMER = "IQ/GOV/HJC/inheritance"
-
-
-@pytest.fixture
-async def pool(fresh_db_url: str, data_dir: Path) -> AsyncIterator[asyncpg.Pool]:
-    async with open_pool(
-        configured_url=fresh_db_url,
-        data_dir=data_dir,
-        database="node",
-        migrations="security_server.migrations",
-        max_size=3,
-    ) as p:
-        yield p
 
 
 @pytest.fixture
