@@ -142,6 +142,20 @@ def _client(text: str, what: str = "client") -> ClientId:
     return parse_client(text)
 
 
+def _right_details(
+    client: ClientId, service_code: str, subject: str, method: str | None, path: str | None
+) -> dict[str, str | None]:
+    """An access right as granted or revoked: the method upper-case, an empty path none (also
+    what the change's audit row records)."""
+    return {
+        "provider": str(client),
+        "service_code": service_code,
+        "subject": subject,
+        "method": method.upper() if method else None,
+        "path": path or None,
+    }
+
+
 class CatalogueStore:
     """:class:`security_server.runtime.LocalCatalogue` over the node database."""
 
@@ -665,14 +679,8 @@ class CatalogueStore:
     ) -> int:
         """Allow ``subject`` (a client or ``group:CODE``) to call a service or one endpoint."""
         client = _client(provider, "provider")
-        right = AccessRight(service_code, subject, method.upper() if method else None, path or None)
-        details = {
-            "provider": str(client),
-            "service_code": service_code,
-            "subject": subject,
-            "method": right.method,
-            "path": right.path_pattern,
-        }
+        details = _right_details(client, service_code, subject, method, path)
+        right = AccessRight(service_code, subject, details["method"], details["path"])
         async with self._change(actor, "access_right.grant", details) as conn:
             exists = await conn.fetchval(
                 "SELECT 1 FROM services WHERE provider = $1 AND service_code = $2",
@@ -706,13 +714,7 @@ class CatalogueStore:
         path: str | None = None,
     ) -> None:
         client = _client(provider, "provider")
-        details = {
-            "provider": str(client),
-            "service_code": service_code,
-            "subject": subject,
-            "method": method.upper() if method else None,
-            "path": path or None,
-        }
+        details = _right_details(client, service_code, subject, method, path)
         async with self._change(actor, "access_right.revoke", details) as conn:
             done = await conn.execute(
                 "DELETE FROM access_rights WHERE provider = $1 AND service_code = $2 AND "
