@@ -81,13 +81,13 @@ from gateway.log_record import LogIntegrityError, LogRecord
 from gateway.transport import encode_proof
 from security_server.conf_client import DOCUMENT_FILE, SIGNATURE_FILE
 from security_server.log_stamps import (
-    BATCHES_QUERY,
     STAMP_COLUMNS,
     STAMP_JOIN,
     TIMESTAMPED_THROUGH,
     BatchTrees,
 )
 from security_server.runtime import Clock, utc_now
+from storage.errors import DATABASE_ERRORS
 
 __all__ = [
     "ArchiveLock",
@@ -195,7 +195,6 @@ _FIRST_WAITING_QUERY: Final = (
     "SELECT seq, logged_at FROM message_log "  # noqa: S608 (constant SQL text)
     f"WHERE seq > greatest($1, {TIMESTAMPED_THROUGH}) ORDER BY seq LIMIT 1"
 )
-_DB_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 class PostgresArchiveRows:
@@ -215,7 +214,7 @@ class PostgresArchiveRows:
     async def first_waiting(self, after_seq: int) -> Waiting | None:
         try:
             row = await self._pool.fetchrow(_FIRST_WAITING_QUERY, after_seq)
-        except _DB_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             raise ArchiverError(f"cannot read the message log: {exc}") from exc
         return None if row is None else Waiting(int(row["seq"]), row["logged_at"])
 
@@ -224,18 +223,13 @@ class PostgresArchiveRows:
     ) -> list[ArchiveRecord | Waiting]:
         try:
             rows = await self._pool.fetch(_ROWS_QUERY, after_seq, limit)
-            ids = self._trees.batch_ids(rows)
-            batches = {b["id"]: b for b in await self._pool.fetch(BATCHES_QUERY, ids)}
-        except _DB_ERRORS as exc:
+            stamps = await self._trees.stamps(self._pool, rows)
+        except DATABASE_ERRORS as exc:
             raise ArchiverError(f"cannot read the message log: {exc}") from exc
+        except LogIntegrityError as exc:
+            raise ArchiverError(f"the message log cannot be archived: {exc}") from exc
         items: list[ArchiveRecord | Waiting] = []
-        for row in rows:
-            try:
-                stamp = self._trees.stamp(row, batches)
-            except LogIntegrityError as exc:
-                raise ArchiverError(
-                    f"record {row['seq']} of the message log cannot be archived: {exc}"
-                ) from exc
+        for row, stamp in zip(rows, stamps, strict=True):
             if stamp is None:
                 items.append(Waiting(int(row["seq"]), row["logged_at"]))
                 break

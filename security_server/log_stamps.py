@@ -13,15 +13,15 @@ Rules (``docs/message-log.md``, "Batch timestamping"):
   ``message_log_timestamped_through()`` (:data:`TIMESTAMPED_THROUGH`): records are committed in
   sequence order and stamped oldest first, so the stamped ones are always the start of the log.
 - Readers select :data:`STAMP_COLUMNS` with :data:`STAMP_JOIN` after ``FROM message_log AS m``,
-  then read the batches named in ``stamp_batch`` with :data:`BATCHES_QUERY` and turn each row
-  into a stamp with :meth:`BatchTrees.stamp`. Trees are kept for the last few batches read, so
-  reading a batch's records page by page builds its tree once.
+  then get the rows' stamps with :meth:`BatchTrees.stamps` (one statement for the batches they
+  name, each batch built once). Trees are kept for the last few batches read, so reading a
+  batch's records page by page builds its tree once.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import asyncpg
@@ -32,7 +32,6 @@ from gateway.log_record import LogIntegrityError, RecordTimestamp, TimestampBatc
 from gateway.transport import decode_proof
 
 __all__ = [
-    "BATCHES_QUERY",
     "STAMP_COLUMNS",
     "STAMP_JOIN",
     "TIMESTAMPED_THROUGH",
@@ -59,7 +58,7 @@ LEFT JOIN LATERAL (
 """
 
 #: The batches named by ``stamp_batch`` (``$1``: their ids).
-BATCHES_QUERY: Final = (
+_BATCHES_QUERY: Final = (
     "SELECT id, root, size, token, tsa_url, gen_time, first_seq, leaves "
     "FROM timestamp_batches WHERE id = ANY($1::bigint[])"
 )
@@ -68,65 +67,61 @@ BATCHES_QUERY: Final = (
 _TREES_KEPT: Final = 4
 
 
-class BatchTrees:
-    """Turns rows into :class:`RecordTimestamp` values, keeping the last few batches' trees."""
+class _Batch:
+    """One batch as read for a set of rows: its value object built once, its tree on demand."""
 
-    def __init__(self) -> None:
-        #: By batch id: the leaves a tree was built from, and the tree. A tree is used again
-        #: only for the same leaves, so what is read is always what the database holds now.
-        self._trees: OrderedDict[int, tuple[bytes, Tree]] = OrderedDict()
+    __slots__ = ("_found", "_trees", "batch", "first_seq")
 
-    @staticmethod
-    def batch_ids(rows: list[asyncpg.Record]) -> list[int]:
-        """The batches the rows need (for :data:`BATCHES_QUERY`)."""
-        return sorted({row["stamp_batch"] for row in rows if row["stamp_batch"] is not None})
-
-    def stamp(
-        self, row: asyncpg.Record, batches: Mapping[int, asyncpg.Record]
-    ) -> RecordTimestamp | None:
-        """The timestamp of the record in ``row`` (None: not timestamped yet).
-
-        Raises :class:`LogIntegrityError` when the stored batch or proof is malformed.
-        """
-        batch_id: int | None = row["stamp_batch"]
-        if batch_id is None:
-            return None
-        found = batches.get(batch_id)
-        if found is None:
-            return None
-        seq: int = row["seq"]
-        batch = TimestampBatch(
-            batch_id=batch_id,
+    def __init__(self, found: asyncpg.Record, trees: BatchTrees) -> None:
+        self._found = found
+        self._trees = trees
+        self.first_seq: int | None = found["first_seq"]
+        self.batch = TimestampBatch(
+            batch_id=found["id"],
             root=bytes(found["root"]),
             size=found["size"],
             token=bytes(found["token"]),
             tsa_url=found["tsa_url"],
             gen_time=found["gen_time"],
         )
-        if row["own_batch"] is not None:
-            try:
-                return RecordTimestamp(batch, decode_proof(bytes(row["batch_proof"])))
-            except FaultError as exc:
-                raise LogIntegrityError(
-                    f"record {seq} of timestamp batch {batch_id} has a malformed proof: "
-                    f"{exc.message}"
-                ) from exc
-        first_seq = found["first_seq"]
-        if first_seq is None or not first_seq <= seq < first_seq + batch.size:
-            return None  # the last batch before the record ends before it: not stamped yet
-        return RecordTimestamp(batch, self._tree(batch_id, found).proof(seq - first_seq))
 
-    def _tree(self, batch_id: int, found: asyncpg.Record) -> Tree:
-        leaves = bytes(found["leaves"])
+    def tree(self) -> Tree:
+        return self._trees.tree(self.batch.batch_id, bytes(self._found["leaves"]))
+
+
+class BatchTrees:
+    """Reads the timestamps of message-log rows, keeping the last few batches' trees."""
+
+    def __init__(self) -> None:
+        #: By batch id: the leaves a tree was built from, and the tree. A tree is used again
+        #: only for the same leaves, so what is read is always what the database holds now.
+        self._trees: OrderedDict[int, tuple[bytes, Tree]] = OrderedDict()
+
+    async def stamps(
+        self, pool: asyncpg.Pool, rows: Sequence[asyncpg.Record]
+    ) -> list[RecordTimestamp | None]:
+        """The timestamp of each row's record (None: not timestamped yet), reading the
+        batches they need in one statement (none when no row names one).
+
+        Raises :class:`LogIntegrityError` when a stored batch or proof is malformed, and what
+        asyncpg raises when the database fails.
+        """
+        ids = sorted({row["stamp_batch"] for row in rows if row["stamp_batch"] is not None})
+        if not ids:
+            return [None] * len(rows)
+        batches = {b["id"]: _Batch(b, self) for b in await pool.fetch(_BATCHES_QUERY, ids)}
+        return [_stamp(row, batches) for row in rows]
+
+    def tree(self, batch_id: int, leaves: bytes) -> Tree:
+        """The tree over the record hashes ``leaves`` of batch ``batch_id``."""
         kept = self._trees.get(batch_id)
         if kept is not None and kept[0] == leaves:
             self._trees.move_to_end(batch_id)
             return kept[1]
-        size = found["size"]
-        if len(leaves) != HASH_SIZE * size:
+        if len(leaves) % HASH_SIZE or not leaves:
             raise LogIntegrityError(
-                f"timestamp batch {batch_id} keeps {len(leaves)} bytes of record hashes for "
-                f"{size} records"
+                f"timestamp batch {batch_id} keeps {len(leaves)} bytes of record hashes, not "
+                f"a whole number of {HASH_SIZE}-byte hashes"
             )
         tree = Tree(
             [timestamp_leaf(leaves[i : i + HASH_SIZE]) for i in range(0, len(leaves), HASH_SIZE)]
@@ -136,3 +131,28 @@ class BatchTrees:
         while len(self._trees) > _TREES_KEPT:
             self._trees.popitem(last=False)
         return tree
+
+
+def _stamp(row: asyncpg.Record, batches: Mapping[int, _Batch]) -> RecordTimestamp | None:
+    batch_id: int | None = row["stamp_batch"]
+    found = batches.get(batch_id) if batch_id is not None else None
+    if found is None:
+        return None
+    seq: int = row["seq"]
+    if row["own_batch"] is not None:
+        try:
+            return RecordTimestamp(found.batch, decode_proof(bytes(row["batch_proof"])))
+        except FaultError as exc:
+            raise LogIntegrityError(
+                f"record {seq} of timestamp batch {batch_id} has a malformed proof: {exc.message}"
+            ) from exc
+    first = found.first_seq
+    if first is None or not first <= seq < first + found.batch.size:
+        return None  # the last batch before the record ends before it: not stamped yet
+    tree = found.tree()
+    if tree.size != found.batch.size:
+        raise LogIntegrityError(
+            f"timestamp batch {batch_id} keeps {tree.size} record hashes for "
+            f"{found.batch.size} records"
+        )
+    return RecordTimestamp(found.batch, tree.proof(seq - first))

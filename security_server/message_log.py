@@ -58,7 +58,6 @@ from gateway.log_record import (
 )
 from gateway.transport import DEFAULT_MAX_BODY_BYTES
 from security_server.log_stamps import (
-    BATCHES_QUERY,
     STAMP_COLUMNS,
     STAMP_JOIN,
     TIMESTAMPED_THROUGH,
@@ -442,15 +441,12 @@ class PostgresMessageLog:
         except _DB_ERRORS as exc:
             await expire_if_lost(self._pool, exc)
             raise StorageError(f"cannot read the message log: {exc}") from exc
-        trees = self._trees
         try:
-            batches = {
-                b["id"]: b for b in await self._pool.fetch(BATCHES_QUERY, trees.batch_ids(rows))
-            }
+            stamps = await self._trees.stamps(self._pool, rows)
         except _DB_ERRORS as exc:
             await expire_if_lost(self._pool, exc)
             raise StorageError(f"cannot read the message log: {exc}") from exc
-        return [_to_record(row, trees.stamp(row, batches)) for row in rows]
+        return [_to_record(row, stamp) for row, stamp in zip(rows, stamps, strict=True)]
 
     async def head(self) -> tuple[int, bytes]:
         """The newest record's sequence number and hash in the database (0 and 32 zero bytes
