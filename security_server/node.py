@@ -83,6 +83,7 @@ from security_server.own_ocsp import OwnOcsp
 from security_server.runtime import Clock, NodeRuntime, TlsFiles, utc_now
 from security_server.tls import server_context
 from storage.database import open_pool
+from storage.errors import DATABASE_ERRORS
 from storage.migrations import apply_migrations
 from storage.sessions import session_changed
 
@@ -341,7 +342,7 @@ async def archive_node_log(
             "FROM message_log WHERE seq > $1",
             through,
         )
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except DATABASE_ERRORS as exc:
         raise StorageError(f"cannot count the records left to archive: {exc}") from exc
     assert row is not None
     return ArchiveRun(
