@@ -85,35 +85,17 @@ def _largest_power_of_two_below(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def _build(hashes: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
-    if len(hashes) == 1:
-        return hashes[0], [[]]
-    k = _largest_power_of_two_below(len(hashes))
-    left_root, left_paths = _build(hashes[:k])
-    right_root, right_paths = _build(hashes[k:])
-    for p in left_paths:
-        p.append(right_root)
-    for p in right_paths:
-        p.append(left_root)
-    return node_hash(left_root, right_root), left_paths + right_paths
-
-
 def build(leaf_hashes: Sequence[bytes]) -> tuple[bytes, list[InclusionProof]]:
     """The root over ``leaf_hashes`` (already hashed with :func:`leaf_hash`) and each one's proof.
 
     Proofs come back in the order of the leaves.
     """
-    n = len(leaf_hashes)
-    if not 1 <= n <= MAX_LEAVES:
-        raise ValueError(f"a hash tree needs 1..{MAX_LEAVES} leaves, got {n}")
-    if any(len(h) != HASH_SIZE for h in leaf_hashes):
-        raise ValueError(f"every leaf hash must be {HASH_SIZE} bytes")
-    root, paths = _build(list(leaf_hashes))
-    return root, [_built_proof(i, n, tuple(p)) for i, p in enumerate(paths)]
+    tree = Tree(leaf_hashes)
+    return tree.root, [tree.proof(i) for i in range(tree.size)]
 
 
 def _built_proof(leaf_index: int, tree_size: int, path: tuple[bytes, ...]) -> InclusionProof:
-    """A proof :func:`build` made: right by construction, so not checked again.
+    """A proof :class:`Tree` made: right by construction, so not checked again.
 
     A timestamping pass builds one proof per record (thousands at a time); the checks in
     ``InclusionProof.__post_init__`` are for proofs that arrive from elsewhere.
@@ -129,8 +111,8 @@ class Tree:
     """A hash tree kept whole: its root, and any leaf's proof without building them all.
 
     Built bottom-up: each level pairs neighbours and carries an odd last node up unchanged,
-    which gives the same root and proofs as the split at the largest power of two
-    (:func:`build`). Building costs one hash per inner node; a proof is read off the levels.
+    which gives the same root and proofs as RFC 6962's split at the largest power of two.
+    Building costs one hash per inner node; a proof is read off the levels.
     """
 
     __slots__ = ("_levels", "size")
