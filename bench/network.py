@@ -12,7 +12,8 @@ Rules:
   that its CPU time and memory are its own. Consumer:
   ``IQ/GOV/HJC/ss1`` hosting ``IQ/GOV/HJC/inheritance``; provider: ``IQ/GOV/NDC/ss1`` hosting
   ``IQ/GOV/NDC/population`` with the bench service's three services. The one setting changed
-  from the node defaults is the archiving interval (:func:`defer_archiving`).
+  from the node defaults is the archiving interval, 0: no archiver in the node process
+  (:func:`archive_apart`).
 - The network is ready when a request through both nodes is answered; a network that cannot be
   built (a step refused, the exchange never answering) is reported as
   :class:`NodesUnavailable` with the reason and the logs to read; the benchmark then still
@@ -61,7 +62,7 @@ PARTIES: Final = Parties(
 )
 READY_TIMEOUT_S: Final = 180.0
 #: The nodes' archiving interval: 0, no archiver in the node process (see
-#: :func:`defer_archiving`).
+#: :func:`archive_apart`).
 ARCHIVE_INTERVAL_S: Final = 0
 #: Longest wait for the last timestamping batch after the load (the default interval is 60 s).
 TIMESTAMP_WAIT_S: Final = 180.0
@@ -139,7 +140,7 @@ class NodeNetwork:
         }
 
 
-def defer_archiving(directory: Path) -> None:
+def archive_apart(directory: Path) -> None:
     """Run the node without its in-process archiver (``archive_interval_s = 0`` in its
     ``node.toml``), as a busy node is advised to run.
 
@@ -301,7 +302,7 @@ async def node_network(
                     actor=_ACTOR,
                 )
             for name in urls:
-                defer_archiving(data_dir / f"node-{name}")
+                archive_apart(data_dir / f"node-{name}")
             for name in urls:
                 await wait_until_published(
                     data_dir / f"node-{name}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.network import ARCHIVE_INTERVAL_S, PARTIES, bench_wsdl, defer_archiving
+from bench.network import ARCHIVE_INTERVAL_S, PARTIES, bench_wsdl, archive_apart
 from bench.scenarios import SOAP_SERVICE_CODE, node_spec
 from config.settings import load_settings
 from security_server.catalogue import parse_wsdl
@@ -39,8 +39,8 @@ def test_nodes_archive_only_after_the_run_and_keep_their_other_settings(tmp_path
             database_url="postgresql://bench@/db",
         )
     )
-    defer_archiving(tmp_path)
-    defer_archiving(tmp_path)  # a second call changes nothing
+    archive_apart(tmp_path)
+    archive_apart(tmp_path)  # a second call changes nothing
     settings = load_settings(node_dir.config_file, env={})
     assert settings.node.archive_interval_s == ARCHIVE_INTERVAL_S
     assert settings.node.server_id == "IQ/GOV/NDC/ss1"
