@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.network import ARCHIVE_INTERVAL_S, PARTIES, bench_wsdl, archive_apart
+from bench.network import ARCHIVE_INTERVAL_S, PARTIES, archive_apart, bench_wsdl
 from bench.scenarios import SOAP_SERVICE_CODE, node_spec
 from config.settings import load_settings
 from security_server.catalogue import parse_wsdl
