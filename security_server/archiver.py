@@ -80,6 +80,7 @@ from gateway.globalconf import GlobalConf
 from gateway.log_record import LogIntegrityError, LogRecord
 from gateway.transport import encode_proof
 from security_server.conf_client import DOCUMENT_FILE, SIGNATURE_FILE
+from security_server.log_evidence import EVIDENCE_COLUMNS, resolve
 from security_server.log_stamps import (
     STAMP_COLUMNS,
     STAMP_JOIN,
@@ -186,8 +187,8 @@ class ArchiveRows(Protocol):
 
 
 _ROWS_QUERY: Final = f"""
-SELECT m.logged_at, m.record, m.signed_part, m.body, m.signature, m.proof, m.certificates,
-       m.ocsp, m.prev_hash, m.record_hash, {STAMP_COLUMNS}
+SELECT m.logged_at, m.record, m.signed_part, m.body, m.signature, m.proof,
+       {EVIDENCE_COLUMNS}, m.prev_hash, m.record_hash, {STAMP_COLUMNS}
 FROM message_log AS m {STAMP_JOIN}
 WHERE m.seq > $1 ORDER BY m.seq LIMIT $2
 """  # noqa: S608 (constant SQL text)
@@ -203,8 +204,10 @@ class PostgresArchiveRows:
 
     The columns are read as they are and the canonical record is only looked into for the
     values an archive lists; each timestamp batch (its token) is read once per page, not once
-    per record. Every record must hash, after its previous-record hash, to its record hash
-    (:meth:`ArchiveRecord.from_stored`), and the archive builder checks that the records chain.
+    per record, and so is each certificate and OCSP response stored by digest
+    (:mod:`security_server.log_evidence`, checked against its digest). Every record must
+    hash, after its previous-record hash, to its record hash (:meth:`ArchiveRecord.from_stored`),
+    and the archive builder checks that the records chain.
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -224,12 +227,13 @@ class PostgresArchiveRows:
         try:
             rows = await self._pool.fetch(_ROWS_QUERY, after_seq, limit)
             stamps = await self._trees.stamps(self._pool, rows)
+            evidence = await resolve(self._pool, rows)
         except DATABASE_ERRORS as exc:
             raise ArchiverError(f"cannot read the message log: {exc}") from exc
         except LogIntegrityError as exc:
             raise ArchiverError(f"the message log cannot be archived: {exc}") from exc
         items: list[ArchiveRecord | Waiting] = []
-        for row, stamp in zip(rows, stamps, strict=True):
+        for row, stamp, (certificates, ocsp) in zip(rows, stamps, evidence, strict=True):
             if stamp is None:
                 items.append(Waiting(int(row["seq"]), row["logged_at"]))
                 break
@@ -240,8 +244,8 @@ class PostgresArchiveRows:
                     body=row["body"],
                     signature=row["signature"],
                     proof=row["proof"],
-                    certificates=row["certificates"],
-                    ocsp=row["ocsp"],
+                    certificates=certificates,
+                    ocsp=ocsp,
                     prev_hash=row["prev_hash"],
                     record_hash=row["record_hash"],
                     batch_id=stamp.batch.batch_id,

@@ -26,6 +26,11 @@ Rules (``docs/message-log.md`` is the operator's and auditor's description):
 - Timestamping runs beside the log (:mod:`security_server.timestamper`). ``check_accepting``
   refuses exchanges once the oldest record still waiting for a token is older than the
   acceptable period; with ``timestamp_immediately`` ``record`` also waits for the token.
+- Certificates and OCSP responses are stored once, by digest
+  (:mod:`security_server.log_evidence`): a batch naming one not known to be stored is preceded
+  by one statement storing it, on the same connection, before the ``COPY``; the digests known
+  to be stored are forgotten after any failed write. A lost connection during that statement
+  counts as lost before the write (no record was sent).
 - Bodies: ``log_bodies=False`` (the node's privacy switch) or a body larger than
   ``max_body_bytes`` keeps the body's digest only; the handler drops the body itself when a
   subsystem has body logging off. Verification works the same either way.
@@ -57,6 +62,16 @@ from gateway.log_record import (
     parse_record,
 )
 from gateway.transport import DEFAULT_MAX_BODY_BYTES
+from security_server.log_evidence import (
+    EVIDENCE_COLUMNS,
+    EVIDENCE_MARGIN,
+    PRUNE_EVIDENCE,
+    STORE_EVIDENCE,
+    Evidence,
+    StoredEvidence,
+    entry_digests,
+    resolve,
+)
 from security_server.log_stamps import (
     STAMP_COLUMNS,
     STAMP_JOIN,
@@ -93,11 +108,11 @@ _log = structlog.get_logger(__name__)
 COPY_COLUMNS: Final = (
     "seq", "logged_at", "direction", "message_id", "client", "service", "user_id", "issue",
     "protocol", "created_at", "record", "signed_part", "body", "signature", "proof",
-    "certificates", "ocsp", "prev_hash", "record_hash",
+    "certificate_digests", "ocsp_digest", "prev_hash", "record_hash",
 )  # fmt: skip
 
 _SELECT: Final = f"""
-SELECT m.record, m.signed_part, m.body, m.signature, m.proof, m.certificates, m.ocsp,
+SELECT m.record, m.signed_part, m.body, m.signature, m.proof, {EVIDENCE_COLUMNS},
        m.prev_hash, m.record_hash, {STAMP_COLUMNS}
 FROM message_log AS m {STAMP_JOIN}
 """  # noqa: S608 (constant SQL text)
@@ -142,7 +157,9 @@ class PostgresMessageLog:
     """The message log of node ``node`` in the database behind ``pool``.
 
     The pool's database must have the ``security_server.log_migrations`` applied. Use as an
-    async context manager, or call :meth:`start` and :meth:`close`.
+    async context manager, or call :meth:`start` and :meth:`close`. ``evidence_margin``: how
+    many records past a batch a stored certificate or OCSP response is kept named
+    (:data:`security_server.log_evidence.EVIDENCE_MARGIN`).
     """
 
     def __init__(
@@ -160,6 +177,7 @@ class PostgresMessageLog:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         write_timeout_s: float = 30.0,
+        evidence_margin: int = EVIDENCE_MARGIN,
     ) -> None:
         if timestamp_immediately and timestamper is None:
             raise ValueError("timestamp_immediately needs a timestamper")
@@ -181,6 +199,8 @@ class PostgresMessageLog:
         self._head: tuple[int, bytes] | None = None
         #: Hash trees of the last batches read (batches never change once stored).
         self._trees = BatchTrees()
+        #: Digests of the certificates and OCSP responses known to be stored.
+        self._evidence = StoredEvidence(margin=evidence_margin)
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -189,6 +209,8 @@ class PostgresMessageLog:
         self.write_round_trips = 0
         #: Records this process has appended.
         self.records_written = 0
+        #: Statements that stored certificates or OCSP responses before a batch named them.
+        self.evidence_round_trips = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -351,6 +373,7 @@ class PostgresMessageLog:
                 logged_at = self._clock()
                 records = []
                 canonicals = []
+                digests = []
                 for entry in entries:
                     seq += 1
                     # LogRecord.append's work, keeping the canonical bytes: they are also stored.
@@ -360,8 +383,9 @@ class PostgresMessageLog:
                     )
                     records.append(record)
                     canonicals.append(canonical)
+                    digests.append(entry_digests(entry))
                     prev = record.record_hash
-                await self._insert(records, canonicals)
+                await self._insert(records, canonicals, digests)
             except _AppendConflict:
                 self._head = None
                 conflicts += 1
@@ -385,8 +409,39 @@ class PostgresMessageLog:
             "worker process; the log is under heavier concurrent load than it can order"
         )
 
-    async def _insert(self, records: Sequence[LogRecord], canonicals: Sequence[bytes]) -> None:
-        rows = [copy_row(r, canonical) for r, canonical in zip(records, canonicals, strict=True)]
+    async def _insert(
+        self,
+        records: Sequence[LogRecord],
+        canonicals: Sequence[bytes],
+        digests: Sequence[Evidence],
+    ) -> None:
+        try:
+            await self._insert_once(records, canonicals, digests)
+        except _AppendConflict:
+            raise  # nothing was wrong with the database: what it holds is still known
+        except BaseException:
+            # Whether a statement that failed had stored evidence, nobody can tell (nor what a
+            # failed-over server still holds): nothing is assumed stored any more.
+            self._evidence.forget()
+            raise
+
+    async def _insert_once(
+        self,
+        records: Sequence[LogRecord],
+        canonicals: Sequence[bytes],
+        digests: Sequence[Evidence],
+    ) -> None:
+        rows = [
+            copy_row(r, canonical, d)
+            for r, canonical, d in zip(records, canonicals, digests, strict=True)
+        ]
+        # The certificates and OCSP responses the batch names that are not known to be stored
+        # (or whose last_seq does not reach the batch): stored first, in a statement of their
+        # own, so that no record is ever committed naming a value that is not.
+        new_digests, new_values, last_seqs = self._evidence.to_store(
+            (r.seq, [*certs, ocsp], [*r.entry.certificates, r.entry.ocsp])
+            for r, (certs, ocsp) in zip(records, digests, strict=True)
+        )
         self.write_round_trips += 1
         try:
             conn = await self._pool.acquire(timeout=self._write_timeout_s)
@@ -395,6 +450,8 @@ class PostgresMessageLog:
             error = _LostBeforeWrite if lost else StorageError
             raise error(f"no database connection for the write: {exc}") from exc
         try:
+            if new_digests:
+                await self._store_evidence(conn, new_digests, new_values, last_seqs)
             # One COPY: one statement for the whole batch, atomic like the INSERT it replaces
             # and about a third cheaper for the database per record.
             await conn.copy_records_to_table(
@@ -412,6 +469,28 @@ class PostgresMessageLog:
             except _DB_ERRORS as exc:
                 # asyncpg has closed the connection; what the COPY did stands either way.
                 await expire_if_lost(self._pool, exc)
+
+    async def _store_evidence(
+        self,
+        conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+        digests: list[bytes],
+        values: list[bytes],
+        last_seqs: list[int],
+    ) -> None:
+        self.evidence_round_trips += 1
+        try:
+            await conn.execute(
+                STORE_EVIDENCE, digests, values, last_seqs, timeout=self._write_timeout_s
+            )
+        except _DB_ERRORS as exc:
+            # Storing a value again is harmless (the statement is idempotent) and no record
+            # was sent: a lost connection lets the batch be tried once more on a new one.
+            lost = await expire_if_lost(self._pool, exc)
+            error = _LostBeforeWrite if lost else StorageError
+            raise error(
+                f"the database refused or lost the write of certificates or OCSP responses: {exc}"
+            ) from exc
+        self._evidence.stored(digests, last_seqs)
 
     async def _read_head(self) -> tuple[int, bytes]:
         try:
@@ -443,10 +522,14 @@ class PostgresMessageLog:
             raise StorageError(f"cannot read the message log: {exc}") from exc
         try:
             stamps = await self._trees.stamps(self._pool, rows)
+            evidence = await resolve(self._pool, rows)
         except _DB_ERRORS as exc:
             await expire_if_lost(self._pool, exc)
             raise StorageError(f"cannot read the message log: {exc}") from exc
-        return [_to_record(row, stamp) for row, stamp in zip(rows, stamps, strict=True)]
+        return [
+            _to_record(row, stamp, values)
+            for row, stamp, values in zip(rows, stamps, evidence, strict=True)
+        ]
 
     async def head(self) -> tuple[int, bytes]:
         """The newest record's sequence number and hash in the database (0 and 32 zero bytes
@@ -600,6 +683,8 @@ class PostgresMessageLog:
                              ELSE NOT EXISTS (SELECT 1 FROM message_log AS m
                                               WHERE m.batch_id = b.id) END"""
                 )
+                # Certificates and OCSP responses no record left names (migration 0005).
+                await conn.execute(PRUNE_EVIDENCE)
         except _DB_ERRORS as exc:
             await expire_if_lost(self._pool, exc)
             raise StorageError(f"cannot delete expired message log records: {exc}") from exc
@@ -670,10 +755,15 @@ def check_server_version(version_num: int) -> None:
         )
 
 
-def copy_row(record: LogRecord, canonical: bytes) -> tuple[object, ...]:
+def copy_row(
+    record: LogRecord, canonical: bytes, digests: Evidence | None = None
+) -> tuple[object, ...]:
     """``record`` as the row the writer copies into ``message_log`` (columns
-    :data:`COPY_COLUMNS`); ``canonical`` is its canonical bytes, already made."""
+    :data:`COPY_COLUMNS`); ``canonical`` is its canonical bytes, already made, and ``digests``
+    its certificates' and OCSP response's digests when already computed. The certificates and
+    the OCSP response themselves must be stored in ``log_evidence`` before the row."""
     entry = record.entry
+    certificate_digests, ocsp_digest = digests or entry_digests(entry)
     return (
         record.seq,
         record.logged_at,
@@ -690,8 +780,8 @@ def copy_row(record: LogRecord, canonical: bytes) -> tuple[object, ...]:
         entry.body,
         entry.signature,
         entry.proof,
-        list(entry.certificates),
-        entry.ocsp,
+        certificate_digests,
+        ocsp_digest,
         record.prev_hash,
         record.record_hash,
     )
@@ -703,16 +793,17 @@ def _limit(limit: int) -> int:
     return limit
 
 
-def _to_record(row: asyncpg.Record, stamp: RecordTimestamp | None) -> LogRecord:
+def _to_record(row: asyncpg.Record, stamp: RecordTimestamp | None, evidence: Evidence) -> LogRecord:
     body = row["body"]
+    certificates, ocsp = evidence
     return parse_record(
         bytes(row["record"]),
         signed_part=bytes(row["signed_part"]),
         body=None if body is None else bytes(body),
         signature=bytes(row["signature"]),
         proof=bytes(row["proof"]),
-        certificates=[bytes(c) for c in row["certificates"]],
-        ocsp=bytes(row["ocsp"]),
+        certificates=certificates,
+        ocsp=ocsp,
         prev_hash=bytes(row["prev_hash"]),
         record_hash=bytes(row["record_hash"]),
         timestamp=stamp,

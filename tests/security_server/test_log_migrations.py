@@ -1,4 +1,5 @@
-"""Upgrading a message log written before migration 0004 (timestamps kept in each record)."""
+"""Upgrading a message log written before migration 0004 (timestamps kept in each record) and
+before migration 0005 (certificates and OCSP response kept in each record)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
     PRIMARY KEY (package, version))"""
 
 
-async def _schema_before_0004(conn: asyncpg.Connection) -> None:
-    """The log's tables as a node before migration 0004 left them."""
+async def _schema_before(conn: asyncpg.Connection, version: int) -> None:
+    """The log's tables as a node before migration ``version`` left them."""
     await conn.execute(_MIGRATIONS_TABLE)
     for migration in load_migrations(LOG_MIGRATIONS):
-        if migration.version >= 4:
+        if migration.version >= version:
             break
         await conn.execute(migration.sql)
         await conn.execute(
@@ -47,9 +48,24 @@ async def _write_old_records(conn: asyncpg.Connection, count: int) -> list[LogRe
         record = LogRecord.append(NODE, seq, logged_at, make_entry(f"old-{seq}"), prev)
         records.append(record)
         prev = record.record_hash
-    rows = [copy_row(r, r.canonical_bytes()) for r in records]
-    await conn.copy_records_to_table("message_log", records=rows, columns=COPY_COLUMNS)
+    await conn.copy_records_to_table(
+        "message_log", records=[_inline_row(r) for r in records], columns=_INLINE_COLUMNS
+    )
     return records
+
+
+#: The columns a writer before migration 0005 copied: the certificates and the OCSP response
+#: in the record's row instead of their digests.
+_INLINE_COLUMNS = tuple(
+    {"certificate_digests": "certificates", "ocsp_digest": "ocsp"}.get(c, c) for c in COPY_COLUMNS
+)
+
+
+def _inline_row(record: LogRecord) -> tuple[object, ...]:
+    row = list(copy_row(record, record.canonical_bytes()))
+    row[COPY_COLUMNS.index("certificate_digests")] = list(record.entry.certificates)
+    row[COPY_COLUMNS.index("ocsp_digest")] = record.entry.ocsp
+    return tuple(row)
 
 
 async def test_a_log_stamped_record_by_record_keeps_its_proofs_after_the_upgrade(
@@ -57,7 +73,7 @@ async def test_a_log_stamped_record_by_record_keeps_its_proofs_after_the_upgrade
 ) -> None:
     conn = await asyncpg.connect(fresh_db_url)
     try:
-        await _schema_before_0004(conn)
+        await _schema_before(conn, 4)
         old = await _write_old_records(conn, 4)
         # The old timestamper: one batch over records 1..3, each record given its proof.
         root, proofs = batch_tree([r.record_hash for r in old[:3]])
@@ -73,7 +89,10 @@ async def test_a_log_stamped_record_by_record_keeps_its_proofs_after_the_upgrade
                 encode_proof(proof),
                 record.seq,
             )
-        assert await apply_migrations(conn, LOG_MIGRATIONS) == ["0004_batch_ranges.sql"]
+        assert await apply_migrations(conn, LOG_MIGRATIONS) == [
+            "0004_batch_ranges.sql",
+            "0005_shared_evidence.sql",
+        ]
         assert await conn.fetchval("SELECT message_log_timestamped_through()") == 3
         with pytest.raises(asyncpg.IntegrityConstraintViolationError):
             await conn.execute("UPDATE message_log SET batch_proof = NULL WHERE seq = 4")
@@ -112,5 +131,78 @@ async def test_a_log_stamped_record_by_record_keeps_its_proofs_after_the_upgrade
         for record in stamped[:3]:
             assert record.timestamp is not None
             assert verify_proof(timestamp_leaf(record.record_hash), record.timestamp.proof, root)
+    finally:
+        await pool.close()
+
+
+async def test_a_log_written_with_inline_evidence_reads_the_same_after_the_upgrade(
+    fresh_db_url: str,
+) -> None:
+    conn = await asyncpg.connect(fresh_db_url)
+    try:
+        await _schema_before(conn, 5)
+        old = await _write_old_records(conn, 4)
+        # The current timestamper's batch over records 1..3, stored before the upgrade.
+        hashes = [r.record_hash for r in old[:3]]
+        root, proofs = batch_tree(hashes)
+        await conn.execute(
+            "INSERT INTO timestamp_batches (root, size, token, tsa_url, gen_time, first_seq, "
+            "leaves) VALUES ($1, 3, '\\x30'::bytea, 'http://tsa', now(), 1, $2)",
+            root,
+            b"".join(hashes),
+        )
+        assert await apply_migrations(conn, LOG_MIGRATIONS) == ["0005_shared_evidence.sql"]
+        # The old rows are left as they were: inline values, no digests, nothing shared.
+        forms = await conn.fetch(
+            "SELECT certificates IS NOT NULL AS inline, certificate_digests IS NULL "
+            "AND ocsp_digest IS NULL AS no_digests FROM message_log ORDER BY seq"
+        )
+        assert [(f["inline"], f["no_digests"]) for f in forms] == [(True, True)] * 4
+        assert await conn.fetchval("SELECT count(*) FROM log_evidence") == 0
+    finally:
+        await conn.close()
+
+    pool = await asyncpg.create_pool(fresh_db_url, min_size=1, max_size=2)
+    try:
+        async with PostgresMessageLog(pool, NODE, clock=Clock()) as log:
+            before = await log.read_records()
+            assert [r.entry for r in before] == [r.entry for r in old]
+            assert [r.record_hash for r in before] == [r.record_hash for r in old]
+            for record, proof in zip(before[:3], proofs, strict=True):
+                assert record.timestamp is not None
+                assert record.timestamp.proof == proof
+            assert before[3].timestamp is None
+
+            new = [make_entry("new-5"), make_entry("new-6")]
+            for entry in new:
+                await log.record(entry)
+            records = await log.read_records()
+            assert [r.seq for r in records] == [1, 2, 3, 4, 5, 6]
+            assert [r.entry for r in records] == [*(r.entry for r in old), *new]
+            verify_chain(records)  # the new records continue the old chain
+            # Searches mix both forms too.
+            assert [r.seq for r in await log.search(issue="case-2026/17")] == [1, 2, 3, 4, 5, 6]
+
+        forms = await pool.fetch(
+            "SELECT seq, certificates IS NULL AND ocsp IS NULL AS shared FROM message_log "
+            "ORDER BY seq"
+        )
+        assert [f["shared"] for f in forms] == [False] * 4 + [True] * 2
+        # The new records' certificates (two) and OCSP response, once.
+        assert await pool.fetchval("SELECT count(*) FROM log_evidence") == 3
+        # A row must have one form or the other, never both or neither.
+        rows = await pool.fetch(
+            f"SELECT {', '.join(COPY_COLUMNS)} FROM message_log WHERE seq = 5"  # noqa: S608
+        )
+        both = list(rows[0].values())
+        both[0] = 7
+        neither = list(both)
+        neither[COPY_COLUMNS.index("ocsp_digest")] = None
+        for row, columns in (
+            ([*both, [b"c"], b"o"], (*COPY_COLUMNS, "certificates", "ocsp")),
+            (neither, COPY_COLUMNS),
+        ):
+            with pytest.raises(asyncpg.CheckViolationError):
+                await pool.copy_records_to_table("message_log", records=[row], columns=columns)
     finally:
         await pool.close()
