@@ -28,9 +28,12 @@ from security_server.archiver import (
 )
 from security_server.message_log import PostgresMessageLog
 from security_server.timestamper import Timestamper
+from storage.embedded import database_url
 from storage.migrations import apply_migrations
 from tests.audit.evidence import HJC_SS1, Federation, NodeLog
+from tests.databases import temporary_database
 from tests.pki_factory import NOW
+from tests.security_server.test_log_migrations import INLINE_COLUMNS, inline_row, schema_before
 from trust_services.http_server import serve_app
 from trust_services.tsa_server import SerialNumbers, tsa_app
 
@@ -304,6 +307,83 @@ async def test_stored_columns_give_the_same_archives_as_parsed_records(
     assert await node.log.archived_through() == 14
     report = verify_path(rows_dir, anchor=node.federation.anchor)
     assert report.ok, report.failures()
+
+
+async def test_records_stored_inline_or_by_digest_give_the_same_archives(
+    node: Node, tmp_path: Path, pg_server_url: str
+) -> None:
+    """The same records, timestamped by the same batches, in a log written before migration
+    0005 (certificates and OCSP responses in every row) and upgraded, archive to the same
+    bytes as in the log that names them by digest."""
+    await node.exchanges(4, START + dt.timedelta(minutes=10))
+    await node.exchanges(2, START + HOUR + dt.timedelta(minutes=10))
+    records = await node.log.read_records()
+    batches = await node.pool.fetch("SELECT * FROM timestamp_batches ORDER BY id")
+    node.clock.now = START + 3 * HOUR
+    async with temporary_database(pg_server_url, "t_") as name:
+        url = database_url(pg_server_url, name)
+        conn = await asyncpg.connect(url)
+        try:
+            await schema_before(conn, 5)
+            await conn.copy_records_to_table(
+                "message_log", records=[inline_row(r) for r in records], columns=INLINE_COLUMNS
+            )
+            await conn.copy_records_to_table(
+                "timestamp_batches",
+                records=[tuple(b.values()) for b in batches],
+                columns=list(batches[0].keys()),
+            )
+            await apply_migrations(conn, "security_server.log_migrations")
+            assert await conn.fetchval(
+                "SELECT count(*) FROM message_log WHERE certificates IS NOT NULL"
+            ) == len(records)
+        finally:
+            await conn.close()
+        inline_pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        try:
+            inline_log = PostgresMessageLog(inline_pool, HJC_SS1, clock=node.clock)
+            assert [r.entry for r in await inline_log.read_records()] == [r.entry for r in records]
+            written: list[list[str]] = []
+            for log, pool, directory in (
+                (node.log, node.pool, tmp_path / "by-digest"),
+                (inline_log, inline_pool, tmp_path / "inline"),
+            ):
+                directory.mkdir()
+                archiver = Archiver(
+                    log, DirectoryStore(directory), node.history, clock=node.clock,
+                    max_records=5, page=3, rows=PostgresArchiveRows(pool),
+                )  # fmt: skip
+                written.append(await archiver.archive_once())
+        finally:
+            await inline_pool.close()
+    names, inline_names = written
+    assert names == inline_names
+    assert len(names) == 3  # 8 records in the first hour (5 + 3), 4 in the second
+    for name in names:
+        assert (tmp_path / "by-digest" / name).read_bytes() == (
+            tmp_path / "inline" / name
+        ).read_bytes()
+    report = verify_path(tmp_path / "inline", anchor=node.federation.anchor)
+    assert report.ok, report.failures()
+
+
+async def test_a_changed_certificate_stops_the_pass(node: Node) -> None:
+    await node.exchanges(1, START + dt.timedelta(minutes=10))
+    async with node.pool.acquire() as conn:
+        # An intruder with database rights drops the digest check and the triggers.
+        await conn.execute("ALTER TABLE log_evidence DROP CONSTRAINT log_evidence_check")
+        await conn.execute("ALTER TABLE log_evidence DISABLE TRIGGER USER")
+        changed = await conn.execute(
+            "UPDATE log_evidence SET value = value || '\\x00'::bytea "
+            "WHERE digest = (SELECT certificate_digests[1] FROM message_log WHERE seq = 2)"
+        )
+        assert changed == "UPDATE 1"
+    node.clock.now = START + 3 * HOUR
+    archiver = node.archiver(rows=PostgresArchiveRows(node.pool))
+    with pytest.raises(ArchiverError, match="record 2 names as SHA-256"):
+        await archiver.archive_once()
+    assert await node.log.archived_through() == 0
+    assert not list(node.archive_dir.glob("*"))
 
 
 async def test_stored_columns_stop_at_the_first_record_waiting_for_a_timestamp(node: Node) -> None:

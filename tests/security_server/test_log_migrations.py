@@ -23,7 +23,7 @@ _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
     PRIMARY KEY (package, version))"""
 
 
-async def _schema_before(conn: asyncpg.Connection, version: int) -> None:
+async def schema_before(conn: asyncpg.Connection, version: int) -> None:
     """The log's tables as a node before migration ``version`` left them."""
     await conn.execute(_MIGRATIONS_TABLE)
     for migration in load_migrations(LOG_MIGRATIONS):
@@ -49,19 +49,19 @@ async def _write_old_records(conn: asyncpg.Connection, count: int) -> list[LogRe
         records.append(record)
         prev = record.record_hash
     await conn.copy_records_to_table(
-        "message_log", records=[_inline_row(r) for r in records], columns=_INLINE_COLUMNS
+        "message_log", records=[inline_row(r) for r in records], columns=INLINE_COLUMNS
     )
     return records
 
 
 #: The columns a writer before migration 0005 copied: the certificates and the OCSP response
 #: in the record's row instead of their digests.
-_INLINE_COLUMNS = tuple(
+INLINE_COLUMNS = tuple(
     {"certificate_digests": "certificates", "ocsp_digest": "ocsp"}.get(c, c) for c in COPY_COLUMNS
 )
 
 
-def _inline_row(record: LogRecord) -> tuple[object, ...]:
+def inline_row(record: LogRecord) -> tuple[object, ...]:
     row = list(copy_row(record, record.canonical_bytes()))
     row[COPY_COLUMNS.index("certificate_digests")] = list(record.entry.certificates)
     row[COPY_COLUMNS.index("ocsp_digest")] = record.entry.ocsp
@@ -73,7 +73,7 @@ async def test_a_log_stamped_record_by_record_keeps_its_proofs_after_the_upgrade
 ) -> None:
     conn = await asyncpg.connect(fresh_db_url)
     try:
-        await _schema_before(conn, 4)
+        await schema_before(conn, 4)
         old = await _write_old_records(conn, 4)
         # The old timestamper: one batch over records 1..3, each record given its proof.
         root, proofs = batch_tree([r.record_hash for r in old[:3]])
@@ -140,7 +140,7 @@ async def test_a_log_written_with_inline_evidence_reads_the_same_after_the_upgra
 ) -> None:
     conn = await asyncpg.connect(fresh_db_url)
     try:
-        await _schema_before(conn, 5)
+        await schema_before(conn, 5)
         old = await _write_old_records(conn, 4)
         # The current timestamper's batch over records 1..3, stored before the upgrade.
         hashes = [r.record_hash for r in old[:3]]
