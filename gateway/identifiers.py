@@ -31,10 +31,16 @@ ID_NS = "http://x-road.eu/xsd/identifiers"
 
 #: Characters X-Road's central server accepts in identifier parts (PR-MESS annex).
 _PART_RE = re.compile(r"[A-Za-z0-9'()+,\-.=?]{1,255}")
+#: Parts already found valid: a node sees the same few hundred instance, member, subsystem and
+#: service codes on every request, so each is matched once (bounded; emptied when full).
+_VALID_PARTS: set[str] = set()
+_VALID_PARTS_MAX = 4096
 
 
 def check_part(value: str, what: str) -> str:
     """Return ``value`` if it is a valid identifier part, else raise :class:`IdentifierError`."""
+    if type(value) is str and value in _VALID_PARTS:
+        return value
     if not isinstance(value, str) or not value:
         raise IdentifierError(
             f"{what} is empty; every identifier part needs at least one character"
@@ -48,6 +54,10 @@ def check_part(value: str, what: str) -> str:
             f"{what} {value!r} contains character(s) {shown} that X-Road identifiers do not "
             "allow; use only A-Z, a-z, 0-9 and ' ( ) + , - . = ?"
         )
+    if type(value) is str:  # a subclass could compare equal yet behave differently
+        if len(_VALID_PARTS) >= _VALID_PARTS_MAX:
+            _VALID_PARTS.clear()
+        _VALID_PARTS.add(value)
     return value
 
 
@@ -171,7 +181,10 @@ class ServiceId:
         return MemberId(self.instance, self.member_class, self.member_code)
 
     def __str__(self) -> str:
-        text = f"{self.provider}/{self.service_code}"
+        text = f"{self.instance}/{self.member_class}/{self.member_code}/"
+        if self.subsystem_code is not None:
+            text += f"{self.subsystem_code}/"
+        text += self.service_code
         if self.service_version is not None:
             text += f"/{self.service_version}"
         return text

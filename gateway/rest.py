@@ -187,7 +187,11 @@ def forwardable_headers(headers: HeaderSource) -> Headers:
     Drops hop-by-hop headers and those that leak the origin host, ``Content-Length`` and
     ``Expect`` (the node re-frames bodies), and every X-Road header the node owns.
     """
-    pairs = _header_pairs(headers)
+    return _forwardable(_header_pairs(headers))
+
+
+def _forwardable(pairs: Sequence[tuple[str, str]]) -> Headers:
+    """:func:`forwardable_headers` of pairs :func:`_header_pairs` has already checked."""
     listed = _connection_tokens(pairs)
     result = []
     for name, value in pairs:
@@ -200,8 +204,16 @@ def forwardable_headers(headers: HeaderSource) -> Headers:
     return tuple(result)
 
 
-def _single_header(pairs: Sequence[tuple[str, str]], name: str) -> str | None:
-    values = [v for n, v in pairs if n.lower() == name.lower()]
+def _by_name(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """Each header's values in order, by lower-case name: one pass for every lookup."""
+    index: dict[str, list[str]] = {}
+    for name, value in pairs:
+        index.setdefault(name.lower(), []).append(value)
+    return index
+
+
+def _single_header(index: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = index.get(name.lower(), ())
     if len(values) > 1:
         raise client_fault(
             "DuplicateHeaderField", f"header {name} appears {len(values)} times; send it once"
@@ -262,8 +274,8 @@ def _parse_server_header(value: str | None) -> SecurityServerId | None:
         ) from exc
 
 
-def _text_header(pairs: Sequence[tuple[str, str]], name: str, limit: int) -> str | None:
-    value = _single_header(pairs, name)
+def _text_header(index: Mapping[str, Sequence[str]], name: str, limit: int) -> str | None:
+    value = _single_header(index, name)
     if value is not None and len(value) > limit:
         raise client_fault("BadRequest", f"header {name} is longer than {limit} characters")
     return value
@@ -377,8 +389,9 @@ def parse_rest_request(
     rest = "/" + "/".join(segments[5:]) if len(segments) > 5 else ""
     _check_rest_path(rest)
 
-    client = _parse_client_header(_single_header(pairs, HEADER_CLIENT))
-    message_id = _text_header(pairs, HEADER_ID, MAX_MESSAGE_ID_LENGTH)
+    index = _by_name(pairs)
+    client = _parse_client_header(_single_header(index, HEADER_CLIENT))
+    message_id = _text_header(index, HEADER_ID, MAX_MESSAGE_ID_LENGTH)
     generated = message_id is None
     if message_id is None:
         message_id = new_id()
@@ -411,11 +424,11 @@ def parse_rest_request(
         message_id_generated=generated,
         path=rest,
         query=query,
-        headers=forwardable_headers(pairs),
-        user_id=_text_header(pairs, HEADER_USER_ID, MAX_TEXT_HEADER_LENGTH),
-        issue=_text_header(pairs, HEADER_ISSUE, MAX_TEXT_HEADER_LENGTH),
-        security_server=_parse_server_header(_single_header(pairs, HEADER_SECURITY_SERVER)),
-        represented_party=_text_header(pairs, HEADER_REPRESENTED_PARTY, MAX_TEXT_HEADER_LENGTH),
+        headers=_forwardable(pairs),
+        user_id=_text_header(index, HEADER_USER_ID, MAX_TEXT_HEADER_LENGTH),
+        issue=_text_header(index, HEADER_ISSUE, MAX_TEXT_HEADER_LENGTH),
+        security_server=_parse_server_header(_single_header(index, HEADER_SECURITY_SERVER)),
+        represented_party=_text_header(index, HEADER_REPRESENTED_PARTY, MAX_TEXT_HEADER_LENGTH),
         metaservice=metaservice,
         openapi_service_code=openapi_code,
     )

@@ -421,6 +421,10 @@ def _refuse_number(text: str) -> object:
     raise _Invalid(f"number {text!r} is not an integer")
 
 
+#: One decoder for every signed part (``json.loads`` with options builds a new one per call).
+_DECODER: Final = json.JSONDecoder(parse_float=_refuse_number, parse_constant=_refuse_number)
+
+
 def _object(value: object, keys: frozenset[str], what: str) -> dict[str, object]:
     if not isinstance(value, dict):
         raise _Invalid(f"{what} must be an object")
@@ -511,12 +515,11 @@ def parse_signed_part(data: bytes, *, prefix: str = SERVER_PROXY) -> SignedPart:
     if known is not None:
         return known
     try:
-        value = json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_float=_refuse_number,
-            parse_constant=_refuse_number,
-        )
+        # No duplicate-member hook on this path: a part whose members repeat cannot equal the
+        # canonical encoding of what was parsed, so the check below refuses it (and names the
+        # repeated member).
+        text = data.decode("utf-8")
+        value = _DECODER.decode(text)
         if not isinstance(value, dict):
             raise _Invalid("it is not a JSON object")
         version = value.get("version")
@@ -570,6 +573,7 @@ def parse_signed_part(data: bytes, *, prefix: str = SERVER_PROXY) -> SignedPart:
         else:
             raise _Invalid('\'kind\' must be "request" or "response"')
         if canonical_json(part.to_json()) != data:
+            json.loads(text, object_pairs_hook=_no_duplicates)  # the precise reason, if it is that
             raise _Invalid("it is not in canonical form (RFC 8785: sorted members, no spaces)")
         # The received bytes are the canonical form: kept, so encoding the part again (the
         # request hash of a response) costs nothing.

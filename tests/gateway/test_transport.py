@@ -221,6 +221,25 @@ def test_refuses_malformed_signed_parts(mutate: Callable[[bytes], bytes], fault:
     assert fault_of(lambda: parse_signed_part(data)) == f"Server.ServerProxy.{fault}"
 
 
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        # The repeated member first with a bad value, then the good one (which a parser keeping
+        # the last value would accept), and the other way round.
+        lambda d: d.replace(b'"issue":null', b'"issue":7,"issue":null'),
+        lambda d: d.replace(b'"id":"', b'"id":"other","id":"'),
+        lambda d: d.replace(b'"member_code":"HJC"', b'"member_code":"HJC","member_code":"HJC"'),
+    ],
+)
+def test_refuses_a_signed_part_with_a_repeated_member_and_names_it(
+    mutate: Callable[[bytes], bytes],
+) -> None:
+    data = mutate(request().to_bytes())
+    with pytest.raises(FaultError, match="appears twice") as caught:
+        parse_signed_part(data)
+    assert caught.value.fault_code == "Server.ServerProxy.InvalidMessage"
+
+
 def test_refuses_headers_that_could_split_a_request() -> None:
     with pytest.raises(ValueError, match="CR, LF"):
         request(headers=(("X-A", "a\r\nHost: evil"),))
