@@ -28,6 +28,10 @@ ARCHIVE_PERIODS: Final = ("hour", "day")
 BODY_COMPRESSIONS: Final = ("auto", "lz4", "pglz", "none")
 #: The longest ``archive_interval_s``: a week.
 MAX_ARCHIVE_INTERVAL_S: Final = 7 * 86_400
+#: The longest ``registry.conf_keep_days``: a century, far beyond any need, well inside dates.
+MAX_CONF_KEEP_DAYS: Final = 36_500
+#: The largest ``registry.conf_keep_versions`` (PostgreSQL's integer, which holds versions).
+MAX_CONF_KEEP_VERSIONS: Final = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,6 +65,23 @@ class RegistrySettings:
     ocsp_freshness_s: int = 3600
     timestamping_interval_s: int = 60
     auto_approve: bool = False
+    #: Old configuration versions are pruned (docs/registry.md) unless they are among the
+    #: newest ``conf_keep_versions`` or generated less than ``conf_keep_days`` days ago; the
+    #: newest version and any version not yet expired are always kept.
+    conf_keep_versions: int = 10
+    conf_keep_days: int = 7
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.conf_keep_versions <= MAX_CONF_KEEP_VERSIONS:
+            raise ConfigError(
+                f"registry conf_keep_versions {self.conf_keep_versions} must be at least 1 (the "
+                f"newest version is always kept) and at most {MAX_CONF_KEEP_VERSIONS}"
+            )
+        if not 0 <= self.conf_keep_days <= MAX_CONF_KEEP_DAYS:
+            raise ConfigError(
+                f"registry conf_keep_days {self.conf_keep_days} must be 0 (keep by count only) "
+                f"to {MAX_CONF_KEEP_DAYS} days"
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -16,6 +16,11 @@ Rules:
   was stored, so nodes learn it before it signs anything.
 - Change detection is both in-process (the store's ``on_change`` wakes the loop at once) and
   by polling the serial every ``poll`` seconds (changes made by another process).
+- After each version is stored, old versions are pruned (:meth:`Publisher.prune`): those
+  neither among the newest ``keep_versions`` nor generated in the last ``keep_days`` days,
+  and never one that has not expired yet. Pruning holds the publishing lock, so it never
+  overlaps a publication; a pruning failure is logged as a warning and retried after the
+  next version, and never fails the publication.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import structlog
 from cryptography import x509
 
 from certs.signer import SoftwareSigner
-from config.errors import JisrError
+from config.errors import JisrError, ValidationError
+from config.settings import MAX_CONF_KEEP_DAYS
 from gateway.globalconf import (
     ApprovedCa,
     ApprovedTsa,
@@ -49,7 +55,7 @@ from gateway.globalconf import (
 )
 from gateway.identifiers import MemberId, SecurityServerId, SubsystemId, parse_client
 from registry.conf_keys import load_signer
-from registry.store import ConfContent, ConfKey, ConfVersion, RegistryStore
+from registry.store import ConfContent, ConfKey, ConfVersion, PruneResult, RegistryStore
 
 log = structlog.get_logger(__name__)
 
@@ -134,6 +140,38 @@ def build_from_content(
     )
 
 
+async def prune_old_versions(
+    store: RegistryStore,
+    *,
+    actor: str,
+    keep_versions: int,
+    keep_days: int,
+    now: dt.datetime,
+    dry_run: bool = False,
+) -> PruneResult:
+    """Prune by the retention settings; see :meth:`RegistryStore.prune_versions` for the rules.
+
+    In the registry process, call :meth:`Publisher.prune` instead (it holds the publishing
+    lock); from another process this is safe too, as the store's table lock keeps a prune and
+    a publication apart.
+    """
+    if (
+        isinstance(keep_days, bool)
+        or not isinstance(keep_days, int)
+        or not 0 <= keep_days <= MAX_CONF_KEEP_DAYS
+    ):
+        raise ValidationError(
+            f"keep_days {keep_days!r} must be a whole number of days from 0 to {MAX_CONF_KEEP_DAYS}"
+        )
+    return await store.prune_versions(
+        actor,
+        keep_versions=keep_versions,
+        keep_since=now - dt.timedelta(days=keep_days),
+        now=now,
+        dry_run=dry_run,
+    )
+
+
 class Publisher:
     """Makes and stores configuration versions; :meth:`run` is the background task."""
 
@@ -145,9 +183,14 @@ class Publisher:
         passphrase: bytes,
         interval_s: float = 60.0,
         poll_s: float = 2.0,
+        keep_versions: int = 10,
+        keep_days: int = 7,
         clock: Clock = utc_now,
     ) -> None:
         self.store = store
+        #: The retention of old versions (``registry.conf_keep_versions``, ``conf_keep_days``).
+        self.keep_versions = keep_versions
+        self.keep_days = keep_days
         self.data_dir = data_dir
         self._passphrase = passphrase
         self.interval = dt.timedelta(seconds=interval_s)
@@ -172,7 +215,10 @@ class Publisher:
         return signer
 
     async def publish(self) -> ConfVersion:
-        """Build, sign and store the next version now, whether or not anything changed."""
+        """Build, sign and store the next version now, whether or not anything changed.
+
+        Old versions are pruned afterwards; a pruning failure is only logged.
+        """
         async with self._lock:
             content = await self.store.conf_content()
             active = await self.store.active_conf_key()
@@ -205,7 +251,40 @@ class Publisher:
             signing_key=active.key_id,
         )
         self.published.set()
+        await self._prune_after_publishing()
         return version
+
+    async def prune(self, *, actor: str = "publisher", dry_run: bool = False) -> PruneResult:
+        """Remove the old versions the retention lets go (in a dry run, only count them)."""
+        async with self._lock:
+            return await prune_old_versions(
+                self.store,
+                actor=actor,
+                keep_versions=self.keep_versions,
+                keep_days=self.keep_days,
+                now=self.clock(),
+                dry_run=dry_run,
+            )
+
+    async def _prune_after_publishing(self) -> None:
+        try:
+            result = await self.prune()
+        except Exception as exc:  # pruning must never fail publishing; retried next version
+            log.warning(
+                "old global configuration versions not pruned; retried after the next version",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
+        if result.removed:
+            log.info(
+                "old global configuration versions pruned",
+                removed=result.removed,
+                oldest_version=result.oldest_version,
+                newest_version=result.newest_version,
+                kept=result.kept,
+            )
+        else:
+            log.debug("no global configuration version to prune", kept=result.kept)
 
     async def publish_if_due(self) -> ConfVersion | None:
         """Publish when the content changed or the latest version is ``interval`` old."""

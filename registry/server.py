@@ -3,7 +3,9 @@
 Rules:
 
 - ``/globalconf/...`` (public, read by nodes and mirrors): ``current`` points at the latest
-  version; ``v/{N}/conf.json`` and ``v/{N}/conf.json.p7s`` are immutable and cacheable.
+  version; ``v/{N}/conf.json`` and ``v/{N}/conf.json.p7s`` are immutable and cacheable until
+  the version is pruned, after which they are 404 with a message saying so (a node then reads
+  ``current`` again at its next poll).
 - ``/management/requests`` (public, signed by nodes): verification decides, not the caller's
   network position; see :mod:`registry.management`.
 - ``/api/v1/...`` (admin, API key): see :mod:`registry.admin_api`.
@@ -160,12 +162,20 @@ async def running_registry(
     host: str,
     port: int,
     interval_s: float,
+    keep_versions: int = 10,
+    keep_days: int = 7,
     clock: Callable[[], dt.datetime] = utc_now,
 ) -> AsyncIterator[tuple[str, Publisher]]:
     """Serve the registry and run its publisher while the block runs; yield the base URL."""
     await store.settings()  # refuse to start on an uninitialised database, with its message
     publisher = Publisher(
-        store, data_dir=data_dir, passphrase=passphrase, interval_s=interval_s, clock=clock
+        store,
+        data_dir=data_dir,
+        passphrase=passphrase,
+        interval_s=interval_s,
+        keep_versions=keep_versions,
+        keep_days=keep_days,
+        clock=clock,
     )
     store.on_change = publisher.notify_change
     # Publish once before serving, so that /globalconf/current answers from the first request.
@@ -205,6 +215,8 @@ async def run_registry(
             host=reg.host,
             port=reg.port,
             interval_s=reg.conf_regenerate_interval_s,
+            keep_versions=reg.conf_keep_versions,
+            keep_days=reg.conf_keep_days,
         ) as (url, _publisher),
     ):
         if ready is not None:

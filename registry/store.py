@@ -127,6 +127,31 @@ class ConfVersion:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What a prune of old configuration versions removed (or, in a dry run, would remove)."""
+
+    removed: int
+    oldest_version: int | None
+    newest_version: int | None
+    oldest_generated_at: dt.datetime | None
+    newest_generated_at: dt.datetime | None
+    #: Versions left in the table afterwards.
+    kept: int
+    dry_run: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "removed": self.removed,
+            "oldest_version": self.oldest_version,
+            "newest_version": self.newest_version,
+            "oldest_generated_at": _iso(self.oldest_generated_at),
+            "newest_generated_at": _iso(self.newest_generated_at),
+            "kept": self.kept,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ConfContent:
     """Everything the global configuration is built from, read in one snapshot."""
 
@@ -208,12 +233,7 @@ class RegistryStore:
             async with self.pool.acquire() as conn, conn.transaction():
                 yield conn
                 if audited:
-                    await conn.execute(
-                        "INSERT INTO audit_log (actor, action, details) VALUES ($1, $2, $3::jsonb)",
-                        actor,
-                        action,
-                        json.dumps(details, default=str),
-                    )
+                    await _audit_row(conn, actor, action, details)
                 if changes_conf:
                     await conn.execute("UPDATE instance SET change_serial = change_serial + 1")
                     changed = True
@@ -1056,8 +1076,32 @@ class RegistryStore:
     async def get_version(self, version: int) -> ConfVersion:
         rows = await self._fetch("SELECT * FROM globalconf_versions WHERE version = $1", version)
         if not rows:
-            raise NotFoundError(f"configuration version {version} does not exist")
+            raise NotFoundError(await self._missing_version(version))
         return _conf_version(rows[0])
+
+    async def _missing_version(self, version: int) -> str:
+        """Why ``version`` is not there: pruned, not published yet, or none at all."""
+        (row,) = await self._fetch(
+            "SELECT min(version) AS oldest, max(version) AS newest FROM globalconf_versions"
+        )
+        oldest, newest = row["oldest"], row["newest"]
+        if newest is None:
+            return (
+                f"configuration version {version} does not exist: no global configuration has "
+                "been published yet"
+            )
+        if version < oldest:
+            return (
+                f"configuration version {version} is no longer kept by the registry (old "
+                f"versions are pruned; the oldest kept is {oldest}); read globalconf/current "
+                f"for the version in force ({newest})"
+            )
+        if version > newest:
+            return (
+                f"configuration version {version} has not been published; the newest is "
+                f"{newest} (see globalconf/current)"
+            )
+        return f"configuration version {version} does not exist"
 
     async def list_versions(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = await self._fetch(
@@ -1112,6 +1156,85 @@ class RegistryStore:
                 version.version,
                 list(listed_key_ids),
             )
+
+    async def prune_versions(
+        self,
+        actor: str,
+        *,
+        keep_versions: int,
+        keep_since: dt.datetime,
+        now: dt.datetime,
+        dry_run: bool = False,
+    ) -> PruneResult:
+        """Delete the versions that no node can still be directed to and the policy lets go.
+
+        A version is deleted only if all of these hold: it is not among the ``keep_versions``
+        newest (at least 1, so the version ``globalconf/current`` names always stays), it was
+        generated before ``keep_since``, and it expired at or before ``now`` (an unexpired
+        version may still be named by a mirror's pointer, and a node would still accept it).
+
+        One short transaction. Its ``SHARE ROW EXCLUSIVE`` lock on the versions table conflicts
+        with the lock :meth:`store_version` takes to insert, so a prune and a publication never
+        overlap, whichever processes run them; readers of the table are not blocked. A removal
+        is audited (``globalconf.prune``) in the same transaction; a dry run or a prune that
+        finds nothing writes no row.
+        """
+        if isinstance(keep_versions, bool) or not isinstance(keep_versions, int):
+            raise ValidationError("keep_versions must be an integer")
+        if keep_versions < 1:
+            raise ValidationError(
+                f"keep_versions {keep_versions} must be at least 1: the newest configuration "
+                "version is the one nodes are directed to and is never pruned"
+            )
+        details: dict[str, Any] = {
+            "keep_versions": keep_versions,
+            "keep_since": _iso(keep_since),
+        }
+        selection = (
+            "FROM globalconf_versions WHERE version < ("
+            "  SELECT min(version) FROM ("
+            "    SELECT version FROM globalconf_versions ORDER BY version DESC LIMIT $1"
+            "  ) AS newest"
+            ") AND generated_at < $2 AND expires_at <= $3"
+        )
+        summary = (
+            "SELECT count(*) AS count, min(version) AS oldest, max(version) AS newest, "
+            "min(generated_at) AS oldest_at, max(generated_at) AS newest_at FROM pruned"
+        )
+        async with self._write(
+            actor, "globalconf.prune", details, changes_conf=False, audited=False
+        ) as conn:
+            if dry_run:
+                (row,) = await conn.fetch(
+                    f"WITH pruned AS (SELECT version, generated_at {selection}) {summary}",
+                    keep_versions,
+                    keep_since,
+                    now,
+                )
+            else:
+                await conn.execute("LOCK TABLE globalconf_versions IN SHARE ROW EXCLUSIVE MODE")
+                (row,) = await conn.fetch(
+                    f"WITH pruned AS (DELETE {selection} RETURNING version, generated_at) "
+                    f"{summary}",
+                    keep_versions,
+                    keep_since,
+                    now,
+                )
+            result = PruneResult(
+                removed=row["count"],
+                oldest_version=row["oldest"],
+                newest_version=row["newest"],
+                oldest_generated_at=row["oldest_at"],
+                newest_generated_at=row["newest_at"],
+                kept=await conn.fetchval("SELECT count(*) FROM globalconf_versions")
+                - (row["count"] if dry_run else 0),
+                dry_run=dry_run,
+            )
+            if result.removed and not dry_run:
+                details.update(result.to_json())
+                details.pop("dry_run")
+                await _audit_row(conn, actor, "globalconf.prune", details)
+        return result
 
     # -- API keys and the audit log ---------------------------------------------------------------
 
@@ -1184,6 +1307,15 @@ class RegistryStore:
             }
             for r in rows
         ]
+
+
+async def _audit_row(conn: Connection, actor: str, action: str, details: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, details) VALUES ($1, $2, $3::jsonb)",
+        actor,
+        action,
+        json.dumps(details, default=str),
+    )
 
 
 def check_address(address: str) -> str:

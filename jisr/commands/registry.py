@@ -4,7 +4,8 @@ Rules:
 
 - Commands that need the registry's keys or must work before any API key exists operate on
   the database and data directory directly (from the settings): ``init``, ``serve``,
-  ``conf-key ...``, ``export-anchor``. Run them on the registry host.
+  ``conf-key ...``, ``export-anchor``, and ``conf-version prune`` (it applies the retention
+  settings of the registry host). Run them on the registry host.
 - Every other command is a client of the admin API (``--url``, default the settings'
   ``public_url`` or ``http://host:port``), authenticated with the API key held in the
   environment variable named by ``--api-key-env`` (default ``JISR_REGISTRY_API_KEY``), so
@@ -42,6 +43,7 @@ from registry.conf_keys import (
     passphrase_from_env,
 )
 from registry.errors import ConflictError
+from registry.publisher import prune_old_versions
 from registry.server import open_store, run_registry
 from registry.store import RegistryStore
 
@@ -259,6 +261,43 @@ def conf_key_list(ctx: click.Context) -> None:
         return [k.to_json() for k in await store.list_conf_keys()]
 
     _echo(_run(_with_store(settings_of(ctx), action)))
+
+
+@registry.group("conf-version")
+def conf_version() -> None:
+    """Published global-configuration versions."""
+
+
+@conf_version.command("prune")
+@click.option(
+    "--dry-run", is_flag=True, help="Show what would be removed; remove nothing, audit nothing."
+)
+@click.pass_context
+def conf_version_prune(ctx: click.Context, dry_run: bool) -> None:
+    """Remove old versions now, by registry.conf_keep_versions and conf_keep_days.
+
+    The newest version and every version not yet expired are always kept. `serve` does the
+    same after each version it publishes; this is for doing it at once (or seeing its effect).
+    """
+    settings = settings_of(ctx)
+    reg = settings.registry
+
+    async def action(store: RegistryStore) -> dict[str, Any]:
+        await store.settings()  # an uninitialised database is refused with its message
+        result = await prune_old_versions(
+            store,
+            actor="cli",
+            keep_versions=reg.conf_keep_versions,
+            keep_days=reg.conf_keep_days,
+            now=dt.datetime.now(dt.UTC),
+            dry_run=dry_run,
+        )
+        return result.to_json() | {
+            "keep_versions": reg.conf_keep_versions,
+            "keep_days": reg.conf_keep_days,
+        }
+
+    _echo(_run(_with_store(settings, action)))
 
 
 @registry.command("export-anchor")
