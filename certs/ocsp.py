@@ -411,6 +411,9 @@ def verify_response(
         status = _status_of(single)
     except ValueError as exc:
         raise OcspError(f"the OCSP response is malformed: {exc}") from exc
+    except UnsupportedAlgorithm as exc:
+        # e.g. a signature algorithm cryptography does not know: no verdict, not a crash.
+        raise OcspError(f"the OCSP response uses an algorithm Jisr does not accept: {exc}") from exc
     _check_fresh(this_update, next_update, now, max_age, allowed_skew)
     return OcspVerdict(status, this_update, next_update, produced_at, response_der)
 

@@ -4,13 +4,16 @@ Rules:
 
 - The node keeps a fresh, *verified* OCSP response for its authentication certificate and for
   every signing certificate it holds, so that no message waits for a responder.
-- Which responder to ask comes from the global configuration: the approved CA that issued the
-  certificate (directly or through one of its listed intermediates) and that CA's first listed
-  OCSP responder; the responders' certificates listed there are trusted as delegated signers.
+- Which responders to ask comes from the global configuration: the approved CA that issued the
+  certificate (directly or through one of its listed intermediates) and that CA's OCSP
+  responders, asked in the listed order until one gives a verified answer
+  (:func:`trust_services.ocsp_client.ask_responders`); the responders' certificates listed
+  there are trusted as delegated signers.
 - Responses are verified (:func:`certs.ocsp.verify_response`) before they are kept, persisted
   in ``DIR/ocsp/<sha256 of the certificate>.der`` (atomically) and reloaded at start, so a
   restart does not need the responder. Refreshing happens once two thirds of the freshness
-  period (the configuration's ``ocsp_freshness_s``) is used up; failures back off
+  period (the configuration's ``ocsp_freshness_s``) is used up; a refresh for which every
+  listed responder failed backs off, per certificate
   (:class:`trust_services.ocsp_client.OcspRefresher`).
 - :meth:`OwnOcsp.response_for` answers from memory only.
 """
@@ -32,7 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from certs.ocsp import OcspCache, OcspError, OcspVerdict, verify_response
 from config.files import write_atomically
 from gateway.globalconf import GlobalConf
-from trust_services.ocsp_client import OcspRefresher, OwnCertificate, fetch_verdict
+from trust_services.ocsp_client import OcspRefresher, OwnCertificate, ask_responders
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +57,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def own_certificate(conf: GlobalConf, cert: x509.Certificate) -> OwnCertificate:
-    """Where to ask about ``cert``: its issuer and responder from the approved CA list."""
+    """Where to ask about ``cert``: its issuer and responders from the approved CA list."""
     ca = conf.approved_ca_for(cert)
     if ca is None:
         raise OcspError(
@@ -72,7 +75,7 @@ def own_certificate(conf: GlobalConf, cert: x509.Certificate) -> OwnCertificate:
     return OwnCertificate(
         cert=cert,
         issuer=issuer,
-        url=ca.ocsp[0].url,
+        urls=tuple(o.url for o in ca.ocsp),
         trusted_responders=tuple(o.certificate for o in ca.ocsp),
     )
 
@@ -80,20 +83,21 @@ def own_certificate(conf: GlobalConf, cert: x509.Certificate) -> OwnCertificate:
 async def fetch_own_ocsp(
     session: aiohttp.ClientSession, conf: GlobalConf, cert: x509.Certificate, *, now: dt.datetime
 ) -> OcspVerdict:
-    """A fresh, verified, *good* OCSP verdict for ``cert`` from its CA's listed responder."""
+    """A fresh, verified, *good* OCSP verdict for ``cert`` from its CA's listed responders."""
     own = own_certificate(conf, cert)
-    verdict = await fetch_verdict(
+    answer = await ask_responders(
         session,
-        own.url,
+        own.urls,
         own.cert,
         own.issuer,
         trusted_responders=own.trusted_responders,
         max_age=dt.timedelta(seconds=conf.settings.ocsp_freshness_s),
         clock=lambda: now,
     )
+    verdict = answer.verdict
     if verdict.status.state != "good":
         raise OcspError(
-            f"the OCSP responder at {own.url} reports certificate "
+            f"the OCSP responder at {answer.url} reports certificate "
             f"{cert.subject.rfc4514_string()} as {verdict.status.state}; it cannot be used"
         )
     return verdict

@@ -13,11 +13,13 @@ Rules:
   lists for a node, and that node must host the request's client (``SslAuthenticationFailed``).
 - The other node's authentication certificate (the consumer's TLS client certificate on the
   provider's node, the provider's TLS server certificate on the consumer's node) must have a
-  good OCSP status no older than ``ocsp_freshness_s``, asked of the responder the global
-  configuration lists for the CA that issued it (:class:`PeerAuthStatus`). TLS carries no OCSP
-  evidence, so each node asks the responder itself: at most one fetch per certificate and
-  freshness period (refreshed in the background once two thirds of it are used up), one fetch
-  shared by concurrent first requests, and after a failed fetch none before a backoff has
+  good OCSP status no older than ``ocsp_freshness_s``, asked of the responders the global
+  configuration lists for the CA that issued it, in the listed order until one gives a
+  verified answer (:class:`PeerAuthStatus`,
+  :func:`trust_services.ocsp_client.ask_responders`). TLS carries no OCSP evidence, so each
+  node asks itself: at most one fetch per certificate and freshness period (refreshed in the
+  background once two thirds of it are used up), one fetch shared by concurrent first
+  requests, and after a failed fetch (every listed responder failed) none before a backoff has
   passed. Revoked, unknown, or not establishable while no fresh verdict is cached: the
   exchange is refused with ``CertValidation``.
 - Every refusal is a :class:`~gateway.faults.FaultError` under the prefix the caller gives:
@@ -51,7 +53,7 @@ from gateway.globalconf import GlobalConf, SecurityServer
 from gateway.identifiers import ClientId, MemberId, SecurityServerId
 from gateway.transport import VerifiedMessage
 from security_server.own_ocsp import own_certificate
-from trust_services.ocsp_client import OwnCertificate, fetch_verdict
+from trust_services.ocsp_client import OwnCertificate, ask_responders
 
 log = structlog.get_logger("jisr.peer_trust")
 
@@ -319,6 +321,15 @@ class PeerAuthStatus:
     One per node process, shared by its client and its server side (the transport client owns
     it), so a certificate is asked about once whichever side meets it. Verdicts live in a
     :class:`certs.ocsp.OcspCache` whose freshness is the configuration's ``ocsp_freshness_s``.
+
+    A fetch asks the CA's listed responders in order and ends at the first verified answer,
+    whatever its status. The backoff counts fetches, not responders: it starts only when every
+    responder failed, and the next fetch asks the whole list again, first responder first. A
+    per-responder backoff would need state per URL and would change which responder is asked
+    first from one fetch to the next; the list is short and a dead first responder that
+    refuses connections costs little, while the backoff's job (never asking dead responders per
+    message) is done either way. ``request_timeout`` applies to each responder, so a first
+    exchange may wait that long once per listed responder that does not answer.
     """
 
     def __init__(
@@ -490,9 +501,9 @@ class PeerAuthStatus:
         max_age = dt.timedelta(seconds=self._freshness)
         self.fetches += 1
         try:
-            verdict = await fetch_verdict(
+            answer = await ask_responders(
                 self._http(),
-                source.url,
+                source.urls,
                 source.cert,
                 source.issuer,
                 trusted_responders=source.trusted_responders,
@@ -503,11 +514,12 @@ class PeerAuthStatus:
         except Exception as exc:
             message = exc.message if isinstance(exc, OcspError) else "internal error"
             if not isinstance(exc, OcspError):
-                log.exception("peer OCSP fetch failed", url=source.url)
+                log.exception("peer OCSP fetch failed", urls=list(source.urls))
             self._failed(key, message, source)
             raise OcspError(message) from exc
         finally:
             self._fetching.pop(key, None)
+        verdict = answer.verdict
         self._attempts.pop(key, None)
         self._cache.put(source.cert, verdict)
         self._settle(key, source.cert)
@@ -522,6 +534,7 @@ class PeerAuthStatus:
                 "peer authentication certificate not good",
                 subject=source.cert.subject.rfc4514_string(),
                 serial=f"{source.cert.serial_number:x}",
+                url=answer.url,
                 state=verdict.status.state,
             )
         return verdict
@@ -548,7 +561,7 @@ class PeerAuthStatus:
         log.warning(
             "peer OCSP fetch failed",
             subject=source.cert.subject.rfc4514_string(),
-            url=source.url,
+            urls=list(source.urls),
             failures=attempts.failures,
             retry_in_s=backoff.total_seconds(),
             error=message,
@@ -567,8 +580,8 @@ class PeerAuthStatus:
             "CertValidation",
             f"the OCSP status of node {node}'s authentication certificate "
             f"({cert.subject.rfc4514_string()}) cannot be established and no fresh answer is "
-            f"held: {attempts.last_error or 'the responder did not answer'}{retry}; check that "
-            "the CA's OCSP responder listed in the global configuration is reachable",
+            f"held: {attempts.last_error or 'no responder answered'}{retry}; check that the "
+            "CA's OCSP responders listed in the global configuration are reachable",
         )
 
     def _http(self) -> aiohttp.ClientSession:

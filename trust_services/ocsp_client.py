@@ -7,12 +7,25 @@ Rules:
   :func:`certs.ocsp.verify_response`; :func:`fetch_verdict` does both.
 - Every failure a caller can meet is an :class:`certs.ocsp.OcspError` naming the URL and what
   went wrong; aiohttp and socket errors do not leak out.
+- :func:`ask_responders` is the one place that fails over between the responders a CA lists
+  (as X-Road does): it asks them in the listed order, each at most once, and stops at the first
+  answer that verifies, whatever the certificate status it gives (a ``revoked`` answer is an
+  answer: asking on in the hope of ``good`` would let the least informed responder win). A
+  responder that cannot be reached, times out, answers an HTTP error, bytes that are no OCSP
+  response, a status other than ``successful`` (``tryLater``, ``internalError``...) or a
+  response that fails verification (signature, signer, freshness, nonce, serial) counts as
+  failed, is logged, and the next one is asked. When all fail, :class:`OcspRespondersFailed`
+  names each responder and why. Every caller that asks a CA's responders goes through it: the
+  node's own certificates (:class:`OcspRefresher`, ``security_server.own_ocsp``) and the other
+  node's authentication certificate (``security_server.peer_trust``).
 - :class:`OcspRefresher` keeps a verdict for each of a node's own certificates in an
   :class:`certs.ocsp.OcspCache`, fetching a new one when the cache says it is due (well before
-  the old one stops being fresh). After a failure it retries that certificate with bounded
-  exponential backoff, and it always sleeps between passes, so a dead responder never causes a
-  busy loop. Time comes from an injected clock; tests drive :meth:`OcspRefresher.refresh_due`
-  directly.
+  the old one stops being fresh). A fetch asks the certificate's responders in turn; only when
+  all of them failed does it count as a failure, after which that certificate is retried with
+  bounded exponential backoff (per certificate, not per responder: the next attempt asks the
+  whole list again, first responder first). It always sleeps between passes, so dead
+  responders never cause a busy loop. Time comes from an injected clock; tests drive
+  :meth:`OcspRefresher.refresh_due` directly.
 """
 
 from __future__ import annotations
@@ -43,7 +56,10 @@ from trust_services.ocsp_server import CONTENT_TYPE_REQUEST, CONTENT_TYPE_RESPON
 __all__ = [
     "MAX_RESPONSE_BYTES",
     "OcspRefresher",
+    "OcspRespondersFailed",
     "OwnCertificate",
+    "ResponderAnswer",
+    "ask_responders",
     "fetch_ocsp",
     "fetch_verdict",
 ]
@@ -101,20 +117,106 @@ async def fetch_verdict(
     clock: Clock = _utc_now,
     request_timeout: dt.timedelta = DEFAULT_TIMEOUT,
 ) -> OcspVerdict:
-    """Fetch and verify the status of ``cert``; with ``nonce`` the answer must echo one."""
+    """Fetch and verify the status of ``cert``; with ``nonce`` the answer must echo one.
+
+    Every error names ``url``: a response that fails the checks of
+    :func:`certs.ocsp.verify_response` is reported as the answer of that responder.
+    """
     request_der = build_request(cert, issuer, nonce=nonce)
     der = await fetch_ocsp(
         session, url, cert, issuer, request_der=request_der, request_timeout=request_timeout
     )
-    return verify_response(
-        der,
-        cert,
-        issuer,
-        trusted_responders=trusted_responders,
-        now=clock(),
-        max_age=max_age,
-        nonce=request_nonce(request_der) if nonce else None,
-    )
+    try:
+        return verify_response(
+            der,
+            cert,
+            issuer,
+            trusted_responders=trusted_responders,
+            now=clock(),
+            max_age=max_age,
+            nonce=request_nonce(request_der) if nonce else None,
+        )
+    except OcspError as exc:
+        raise OcspError(
+            f"the answer of the OCSP responder at {url} is not acceptable: {exc.message}"
+        ) from exc
+
+
+class OcspRespondersFailed(OcspError):
+    """No responder of the list gave an acceptable answer; ``failures`` says why, per URL."""
+
+    def __init__(self, failures: Sequence[tuple[str, str]]) -> None:
+        self.failures = tuple(failures)
+        if len(self.failures) == 1:
+            # The one error already names its URL; wrapping it would only add words.
+            message = self.failures[0][1]
+        else:
+            listed = " ".join(
+                f"({n}) {error}" for n, (_url, error) in enumerate(self.failures, start=1)
+            )
+            message = f"none of the {len(self.failures)} OCSP responders asked answered: {listed}"
+        super().__init__(message)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResponderAnswer:
+    """The verified verdict of :func:`ask_responders` and the responder that gave it."""
+
+    url: str
+    verdict: OcspVerdict
+
+
+async def ask_responders(
+    session: aiohttp.ClientSession,
+    urls: Sequence[str],
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    *,
+    trusted_responders: Sequence[x509.Certificate] | None = None,
+    max_age: dt.timedelta = DEFAULT_MAX_AGE,
+    nonce: bool = False,
+    clock: Clock = _utc_now,
+    request_timeout: dt.timedelta = DEFAULT_TIMEOUT,
+) -> ResponderAnswer:
+    """The first verified answer about ``cert`` from ``urls``, asked in order.
+
+    Each responder gets its own request (its own nonce) and ``request_timeout``, so a list of
+    *n* dead responders that do not refuse connections can take *n* times the timeout. A
+    verified ``revoked`` or ``unknown`` verdict is returned like a ``good`` one; only failures
+    move on to the next URL. Raises :class:`OcspRespondersFailed` when every one failed.
+    """
+    if not urls:
+        raise OcspError(
+            "no OCSP responder is listed for the certificate's CA; ask the registry operator "
+            "to add one"
+        )
+    failures: list[tuple[str, str]] = []
+    for index, url in enumerate(urls):
+        try:
+            verdict = await fetch_verdict(
+                session,
+                url,
+                cert,
+                issuer,
+                trusted_responders=trusted_responders,
+                max_age=max_age,
+                nonce=nonce,
+                clock=clock,
+                request_timeout=request_timeout,
+            )
+        except OcspError as exc:
+            failures.append((url, exc.message))
+            if index + 1 < len(urls):
+                _log.warning(
+                    "ocsp_responder_failed",
+                    serial=f"{cert.serial_number:x}",
+                    url=url,
+                    error=exc.message,
+                    next_url=urls[index + 1],
+                )
+            continue
+        return ResponderAnswer(url, verdict)
+    raise OcspRespondersFailed(failures)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,9 +225,14 @@ class OwnCertificate:
 
     cert: x509.Certificate
     issuer: x509.Certificate
-    #: The issuing CA's OCSP responder URL, as the global configuration lists it.
-    url: str
+    #: The issuing CA's OCSP responder URLs, in the order the global configuration lists them;
+    #: :func:`ask_responders` asks them in turn.
+    urls: tuple[str, ...]
     trusted_responders: tuple[x509.Certificate, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.urls, str) or not self.urls:
+            raise ValueError("OwnCertificate.urls must be a non-empty tuple of responder URLs")
 
 
 @dataclasses.dataclass(slots=True)
@@ -208,9 +315,9 @@ class OcspRefresher:
             if attempts.retry_at is not None and now < attempts.retry_at:
                 continue
             try:
-                verdict = await fetch_verdict(
+                answer = await ask_responders(
                     self._session,
-                    own.url,
+                    own.urls,
                     own.cert,
                     own.issuer,
                     trusted_responders=own.trusted_responders,
@@ -226,12 +333,13 @@ class OcspRefresher:
                 _log.warning(
                     "ocsp_refresh_failed",
                     serial=f"{own.cert.serial_number:x}",
-                    url=own.url,
+                    urls=list(own.urls),
                     failures=attempts.failures,
                     retry_in_s=backoff.total_seconds(),
                     error=exc.message,
                 )
                 continue
+            verdict = answer.verdict
             self._cache.put(own.cert, verdict)
             self._attempts[_key(own.cert)] = _Attempts()
             refreshed.append(own)
@@ -239,6 +347,7 @@ class OcspRefresher:
                 _log.warning(
                     "ocsp_own_certificate_not_good",
                     serial=f"{own.cert.serial_number:x}",
+                    url=answer.url,
                     state=verdict.status.state,
                 )
         return refreshed

@@ -7,6 +7,7 @@ OS chose; the global configuration lists that responder for the CA.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
@@ -16,7 +17,8 @@ import pytest
 
 from certs.status import CertStatus
 from gateway.faults import FaultError
-from gateway.globalconf import SecurityServer
+from gateway.globalconf import GlobalConf, SecurityServer
+from gateway.globalconf import OcspResponder as ConfOcspResponder
 from gateway.transport import (
     CONTENT_TYPE,
     ResponsePart,
@@ -28,6 +30,7 @@ from tests.security_server.fakes import (
     CITIZEN_PATH,
     CONSUMER_NODE,
     PROVIDER_NODE,
+    Clock,
     Network,
     Reply,
     assert_still_serving,
@@ -37,6 +40,7 @@ from tests.security_server.fakes import (
     signed_envelope,
     two_nodes,
 )
+from tests.trust_services.responders import Mode, closed_url, listed_responder
 
 
 @pytest.fixture
@@ -272,3 +276,89 @@ async def test_refuses_once_the_cached_verdict_is_stale_and_the_responder_is_dow
     reply = await rest(net, CITIZEN_PATH)
     assert reply.error == "Server.ClientProxy.CertValidation"
     assert "cannot be established" in message(reply)
+
+
+# ---- several responders listed for the CA ---------------------------------------------------
+
+
+def list_responders(net: Network, *urls: str) -> GlobalConf:
+    """Make both nodes' configuration list ``urls`` as the CA's responders, in that order."""
+    conf = net.consumer_conf.conf
+    assert conf is not None
+    (ca,) = conf.approved_cas
+    signer = ca.ocsp[0].certificate
+    listed = dataclasses.replace(ca, ocsp=tuple(ConfOcspResponder(u, signer) for u in urls))
+    conf = dataclasses.replace(conf, approved_cas=(listed,))
+    net.consumer_conf.conf = net.provider_conf.conf = conf
+    return conf
+
+
+async def test_both_nodes_ask_the_second_responder_when_the_first_refuses_connections(
+    net: Network,
+) -> None:
+    list_responders(net, await closed_url(), net.ocsp_url)
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.status == 200, reply
+    assert net.ocsp_requests == 2  # one per node, both from the second responder
+
+
+@pytest.mark.parametrize("mode", ["http500", "garbage", "try_later"])
+async def test_both_nodes_ask_the_second_responder_when_the_first_answers_no_usable_response(
+    net: Network, mode: Mode
+) -> None:
+    async with listed_responder(net.responder, net.clock, mode) as first:
+        list_responders(net, first.url, net.ocsp_url)
+        reply = await rest(net, CITIZEN_PATH)
+    assert reply.status == 200, reply
+    assert first.requests == 2
+    assert net.ocsp_requests == 2
+
+
+async def test_a_stale_answer_of_the_first_responder_sends_both_nodes_to_the_second(
+    net: Network,
+) -> None:
+    stale_clock = Clock(net.clock.now - dt.timedelta(hours=2))
+    async with listed_responder(net.responder, stale_clock) as first:
+        list_responders(net, first.url, net.ocsp_url)
+        reply = await rest(net, CITIZEN_PATH)
+    assert reply.status == 200, reply
+    assert (first.requests, net.ocsp_requests) == (2, 2)
+
+
+async def test_a_revoked_answer_of_the_first_responder_is_final(net: Network) -> None:
+    net.statuses[net.provider_auth.cert.serial_number] = CertStatus(
+        "revoked", revoked_at=net.clock.now - dt.timedelta(hours=1)
+    )
+    async with listed_responder(net.responder, net.clock) as first:
+        list_responders(net, first.url, net.ocsp_url)
+        reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ClientProxy.CertValidation"
+    assert "revoked" in message(reply)
+    assert first.requests == 1
+    assert net.ocsp_requests == 0  # the second responder was never asked
+    assert not net.seen
+
+
+async def test_refusal_names_every_responder_when_all_fail_and_backs_off_for_all(
+    net: Network,
+) -> None:
+    dead = await closed_url()
+    list_responders(net, dead, net.ocsp_url)
+    net.ocsp_down = True
+    reply = await rest(net, CITIZEN_PATH)
+    assert reply.error == "Server.ClientProxy.CertValidation"
+    text = message(reply)
+    assert "cannot be established" in text
+    assert f"cannot reach the OCSP responder at {dead}" in text
+    assert f"the OCSP responder at {net.ocsp_url} answered HTTP 503" in text
+    assert "listed in the global configuration are reachable" in text
+    assert net.ocsp_requests == 1
+    # within the backoff neither responder is asked again
+    again = await rest(net, CITIZEN_PATH)
+    assert again.error == "Server.ClientProxy.CertValidation"
+    assert net.ocsp_requests == 1
+    # after it the whole list is asked again, and the second responder serves
+    net.ocsp_down = False
+    net.clock.now += dt.timedelta(seconds=10)
+    refresh_staples(net)
+    await assert_still_serving(net)

@@ -8,12 +8,23 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.ocsp import OcspCache, OcspError, OcspResponder
 from certs.status import CertStatus
 from tests.pki_factory import NOW, FixturePki, Issued
+from tests.trust_services.responders import Mode, closed_url, listed_responder
 from trust_services.http_server import serve_app
-from trust_services.ocsp_client import OcspRefresher, OwnCertificate, fetch_ocsp, fetch_verdict
+from trust_services.ocsp_client import (
+    OcspRefresher,
+    OcspRespondersFailed,
+    OwnCertificate,
+    ask_responders,
+    fetch_ocsp,
+    fetch_verdict,
+)
 from trust_services.ocsp_server import ocsp_app
 
 
@@ -110,7 +121,7 @@ async def test_refresher_fetches_when_due_and_not_before(
     clock = FakeClock()
     cache = OcspCache(max_age=dt.timedelta(hours=1))
     async with serve_app(ocsp_app(responder, clock=clock)) as url:
-        own = OwnCertificate(member.cert, pki.root.cert, url + "/")
+        own = OwnCertificate(member.cert, pki.root.cert, (url + "/",))
         refresher = OcspRefresher(
             session, [own], cache, clock=clock, max_sleep=dt.timedelta(hours=1)
         )
@@ -135,7 +146,7 @@ async def test_refresher_backs_off_after_failures_and_recovers(
 ) -> None:
     clock = FakeClock()
     cache = OcspCache()
-    dead = OwnCertificate(member.cert, pki.root.cert, await _dead_url() + "/")
+    dead = OwnCertificate(member.cert, pki.root.cert, (await _dead_url() + "/",))
     refresher = OcspRefresher(
         session,
         [dead],
@@ -158,7 +169,7 @@ async def test_refresher_backs_off_after_failures_and_recovers(
         assert refresher.retry_at(member.cert) == clock.now + dt.timedelta(seconds=expected_backoff)
 
     async with serve_app(ocsp_app(responder, clock=clock)) as url:
-        refresher.replace_certificates([dataclasses.replace(dead, url=url + "/")])
+        refresher.replace_certificates([dataclasses.replace(dead, urls=(url + "/",))])
         clock.now = refresher.retry_at(member.cert) or clock.now
         assert len(await refresher.refresh_due()) == 1
     assert refresher.failures(member.cert) == 0
@@ -170,7 +181,7 @@ async def test_refresher_runs_in_background_until_stopped(
 ) -> None:
     cache = OcspCache()
     async with serve_app(ocsp_app(responder)) as url:
-        own = OwnCertificate(member.cert, pki.root.cert, url + "/")
+        own = OwnCertificate(member.cert, pki.root.cert, (url + "/",))
         async with OcspRefresher(session, [own], cache) as refresher:
             for _ in range(200):
                 if cache.get(member.cert, dt.datetime.now(dt.UTC)) is not None:
@@ -178,3 +189,166 @@ async def test_refresher_runs_in_background_until_stopped(
                 await asyncio.sleep(0.05)
             assert cache.get(member.cert, dt.datetime.now(dt.UTC)) is not None
         await refresher.stop()  # stopping twice is harmless
+
+
+# ---- failover between the responders a CA lists ----------------------------------------------
+
+
+class ForgedSigner:
+    """Names the real responder certificate but signs with another key."""
+
+    def __init__(self, certificate: x509.Certificate) -> None:
+        self._certificate = certificate
+        self._key = ec.generate_private_key(ec.SECP256R1())
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self._certificate
+
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        return ()
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+async def test_asks_the_second_responder_when_the_first_refuses_connections(
+    responder: OcspResponder, session: aiohttp.ClientSession, pki: FixturePki, member: Issued
+) -> None:
+    dead = await closed_url()
+    async with listed_responder(responder, lambda: NOW) as second:
+        answer = await ask_responders(
+            session, (dead, second.url), member.cert, pki.root.cert, clock=lambda: NOW
+        )
+    assert answer.url == second.url
+    assert answer.verdict.status.state == "good"
+    assert second.requests == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        ("http500", "answered HTTP 500"),
+        ("garbage", "is not a DER OCSPResponse"),
+        ("try_later", "refused the request: TRY_LATER"),
+        ("internal_error", "refused the request: INTERNAL_ERROR"),
+    ],
+)
+async def test_asks_the_second_responder_when_the_first_answers_no_usable_response(
+    responder: OcspResponder,
+    session: aiohttp.ClientSession,
+    pki: FixturePki,
+    member: Issued,
+    mode: Mode,
+    reason: str,
+) -> None:
+    async with (
+        listed_responder(responder, lambda: NOW, mode) as first,
+        listed_responder(responder, lambda: NOW) as second,
+    ):
+        answer = await ask_responders(
+            session, (first.url, second.url), member.cert, pki.root.cert, clock=lambda: NOW
+        )
+        assert answer.url == second.url
+        assert answer.verdict.status.state == "good"
+        assert (first.requests, second.requests) == (1, 1)
+        # the same first responder alone: its failure is the error, named by its URL
+        with pytest.raises(OcspRespondersFailed) as failed:
+            await ask_responders(session, (first.url,), member.cert, pki.root.cert)
+    assert reason in failed.value.message
+    assert first.url in failed.value.message
+
+
+async def test_asks_the_second_responder_when_the_first_answer_does_not_verify(
+    pki: FixturePki, session: aiohttp.ClientSession, member: Issued
+) -> None:
+    """A forged signature and a stale answer count as that responder failing."""
+    signer = pki.ocsp_responder()
+    good = OcspResponder(pki.root.cert, (signer.cert, signer.key), lambda _: CertStatus("good"))
+    forged = OcspResponder(pki.root.cert, ForgedSigner(signer.cert), lambda _: CertStatus("good"))
+    stale_clock = FakeClock(NOW - dt.timedelta(hours=2))
+    async with (
+        listed_responder(forged, lambda: NOW) as forging,
+        listed_responder(good, stale_clock) as stale,
+        listed_responder(good, lambda: NOW) as third,
+    ):
+        answer = await ask_responders(
+            session,
+            (forging.url, stale.url, third.url),
+            member.cert,
+            pki.root.cert,
+            trusted_responders=(signer.cert,),
+            clock=lambda: NOW,
+        )
+        assert answer.url == third.url
+        assert (forging.requests, stale.requests, third.requests) == (1, 1, 1)
+        with pytest.raises(OcspRespondersFailed) as failed:
+            await ask_responders(
+                session, (forging.url, stale.url), member.cert, pki.root.cert, clock=lambda: NOW
+            )
+    assert [url for url, _ in failed.value.failures] == [forging.url, stale.url]
+    assert "signature does not verify" in failed.value.failures[0][1]
+    assert "stale" in failed.value.failures[1][1]
+
+
+async def test_a_revoked_answer_ends_the_search(
+    responder: OcspResponder, session: aiohttp.ClientSession, pki: FixturePki, revoked: Issued
+) -> None:
+    async with (
+        listed_responder(responder, lambda: NOW) as first,
+        listed_responder(responder, lambda: NOW) as second,
+    ):
+        answer = await ask_responders(
+            session, (first.url, second.url), revoked.cert, pki.root.cert, clock=lambda: NOW
+        )
+    assert answer.url == first.url
+    assert answer.verdict.status.state == "revoked"
+    assert (first.requests, second.requests) == (1, 0)
+
+
+async def test_names_every_responder_and_its_error_when_all_fail(
+    responder: OcspResponder, session: aiohttp.ClientSession, pki: FixturePki, member: Issued
+) -> None:
+    dead = await closed_url()
+    async with listed_responder(responder, lambda: NOW, "try_later") as busy:
+        with pytest.raises(OcspRespondersFailed) as failed:
+            await ask_responders(session, (dead, busy.url), member.cert, pki.root.cert)
+    error = failed.value
+    assert error.fault_code == "CertValidation"
+    assert "none of the 2 OCSP responders asked answered" in error.message
+    assert f"(1) cannot reach the OCSP responder at {dead}" in error.message
+    assert f"(2) the answer of the OCSP responder at {busy.url} is not acceptable" in error.message
+    assert "TRY_LATER" in error.message
+    assert "\n" not in error.message
+    assert [url for url, _ in error.failures] == [dead, busy.url]
+
+
+async def test_refresher_fails_over_and_backs_off_only_when_every_responder_failed(
+    responder: OcspResponder, session: aiohttp.ClientSession, pki: FixturePki, member: Issued
+) -> None:
+    clock = FakeClock()
+    cache = OcspCache()
+    dead = await closed_url()
+    async with listed_responder(responder, clock, "http500") as second:
+        own = OwnCertificate(member.cert, pki.root.cert, (dead, second.url))
+        refresher = OcspRefresher(session, [own], cache, clock=clock)
+        assert await refresher.refresh_due() == []
+        assert refresher.failures(member.cert) == 1
+        assert second.requests == 1
+
+        second.mode = "answer"
+        clock.now = refresher.retry_at(member.cert) or clock.now
+        assert await refresher.refresh_due() == [own]
+        assert refresher.failures(member.cert) == 0
+        assert second.requests == 2
+    verdict = cache.get(member.cert, clock())
+    assert verdict is not None
+    assert verdict.status.state == "good"
+
+
+def test_own_certificate_needs_a_tuple_of_urls(pki: FixturePki, member: Issued) -> None:
+    with pytest.raises(ValueError, match="non-empty tuple"):
+        OwnCertificate(member.cert, pki.root.cert, "http://127.0.0.1:1/")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-empty tuple"):
+        OwnCertificate(member.cert, pki.root.cert, ())
