@@ -54,6 +54,10 @@ LARGE_BODY_BYTES: Final = 100 * 1024
 SIGNATURE_BATCH: Final = 8
 DEFAULT_OUTPUT: Final = Path(__file__).parent / "results" / "archiving.json"
 _LOG_MIGRATIONS: Final = "security_server.log_migrations"
+_LOG_BYTES: Final = (
+    "SELECT pg_total_relation_size('message_log') + pg_total_relation_size('timestamp_batches')"
+    " + pg_total_relation_size('log_evidence')"
+)
 _FIRST_NAMES: Final = ("علي", "فاطمة", "حسين", "زينب", "محمد", "مريم", "أحمد", "نور", "سارة")
 _CITIES: Final = ("بغداد", "البصرة", "الموصل", "أربيل", "النجف", "كربلاء", "الحلة")
 
@@ -221,6 +225,7 @@ async def fill(
                         body_bytes += sum(len(e.body or b"") for e in batch)
                     while await timestamper.timestamp_pending():
                         pass
+            log_bytes = await pool.fetchval(_LOG_BYTES)
         finally:
             await pool.close()
     return {
@@ -228,6 +233,10 @@ async def fill(
         "exchanges": exchanges,
         "large_every": large_every,
         "body_bytes": body_bytes,
+        # The log's tables with their TOAST and indexes (message_log, timestamp_batches and
+        # the certificates and OCSP responses stored once, log_evidence).
+        "log_bytes": int(log_bytes),
+        "log_bytes_per_record": round(log_bytes / max(records, 1)),
         "fill_seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -394,6 +403,8 @@ def _table(result: dict[str, Any]) -> str:
         ("records", f"{log['records']} ({log['exchanges']} exchanges, "
          + (f"1 in {log['large_every']} with 100 KiB bodies)" if log["large_every"]
             else "small bodies only)")),
+        ("log in PostgreSQL", f"{log['log_bytes'] / 2**20:.1f} MiB, "
+         f"{log['log_bytes_per_record']:,} bytes per record"),
         ("archives written", f"{p['archives']} ({p['archive_bytes'] / 2**20:.1f} MiB)"),
         ("CPU", f"{p['cpu_seconds']:.2f} s, {p['cpu_seconds_per_1000_records']:.3f} s per 1,000 "
          "records"),

@@ -30,6 +30,8 @@ async def test_the_bench_log_is_archived_whole_and_verifies(
     )
     assert filled["records"] == 24
     assert filled["body_bytes"] > 4 * LARGE_BODY_BYTES  # two exchanges, both ways
+    assert filled["log_bytes"] > 24 * 1024  # a record's signature, proof and record alone
+    assert filled["log_bytes_per_record"] == round(filled["log_bytes"] / 24)
     archives = tmp_path / "archives"
     archives.mkdir()
     result = await archive_pass(fresh_db_url, tmp_path / "history", archives)
