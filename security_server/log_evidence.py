@@ -124,9 +124,24 @@ class StoredEvidence:
         self._covered.clear()
 
 
+#: Digests of the values written lately, by value: a node sends the same few values with
+#: thousands of records (looking one up costs far less than hashing it again).
+_DIGESTS: dict[bytes, bytes] = {}
+_DIGESTS_KEPT: Final = 256
+
+
+def _digest(value: bytes) -> bytes:
+    digest = _DIGESTS.get(value)
+    if digest is None:
+        if len(_DIGESTS) >= _DIGESTS_KEPT:
+            _DIGESTS.clear()
+        digest = _DIGESTS[value] = sha256(value)
+    return digest
+
+
 def entry_digests(entry: LogEntry) -> tuple[list[bytes], bytes]:
     """The digests of ``entry``'s certificates (in chain order) and OCSP response."""
-    return [sha256(c) for c in entry.certificates], sha256(entry.ocsp)
+    return [_digest(c) for c in entry.certificates], _digest(entry.ocsp)
 
 
 async def resolve(pool: asyncpg.Pool, rows: Sequence[asyncpg.Record]) -> list[Evidence]:
