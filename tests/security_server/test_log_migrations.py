@@ -92,6 +92,7 @@ async def test_a_log_stamped_record_by_record_keeps_its_proofs_after_the_upgrade
         assert await apply_migrations(conn, LOG_MIGRATIONS) == [
             "0004_batch_ranges.sql",
             "0005_shared_evidence.sql",
+            "0006_rows_inline.sql",
         ]
         assert await conn.fetchval("SELECT message_log_timestamped_through()") == 3
         with pytest.raises(asyncpg.IntegrityConstraintViolationError):
@@ -151,7 +152,10 @@ async def test_a_log_written_with_inline_evidence_reads_the_same_after_the_upgra
             root,
             b"".join(hashes),
         )
-        assert await apply_migrations(conn, LOG_MIGRATIONS) == ["0005_shared_evidence.sql"]
+        assert await apply_migrations(conn, LOG_MIGRATIONS) == [
+            "0005_shared_evidence.sql",
+            "0006_rows_inline.sql",
+        ]
         # The old rows are left as they were: inline values, no digests, nothing shared.
         forms = await conn.fetch(
             "SELECT certificates IS NOT NULL AS inline, certificate_digests IS NULL "

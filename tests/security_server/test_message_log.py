@@ -678,3 +678,35 @@ def test_a_server_older_than_postgresql_14_is_refused_with_what_to_do() -> None:
     check_server_version(170002)
     with pytest.raises(ConfigError, match="version 13; a node needs PostgreSQL 14 or newer"):
         check_server_version(130012)
+
+
+async def test_a_record_is_stored_whole_in_its_row_and_only_a_large_body_goes_out_of_line(
+    log: PostgresMessageLog, pool: asyncpg.Pool
+) -> None:
+    for i in range(3):
+        await log.record(make_entry(f"inline-{i}"))
+    logical = await pool.fetch(
+        "SELECT octet_length(record) + octet_length(signed_part) + octet_length(signature) "
+        "+ octet_length(proof) AS size FROM message_log"
+    )
+    # Over PostgreSQL's default toasting threshold (about 2 KB): by default these rows would be
+    # cut into TOAST pieces; migration 0006 keeps them whole.
+    assert min(r["size"] for r in logical) > 2100
+    toast_size = (
+        "SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE oid = 'message_log'::regclass"
+    )
+    assert await pool.fetchval(toast_size) == 0
+
+    # A body too large for a page still goes to the TOAST table, alone: the signature and the
+    # record beside it stay in the row (one value out of line, not several).
+    body = hashlib.shake_256(b"incompressible").digest(20_000)
+    await log.record(make_entry("large-body", body=body))
+    toast_table = await pool.fetchval(
+        "SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'message_log'::regclass"
+    )
+    values_out_of_line = await pool.fetchval(
+        f"SELECT count(DISTINCT chunk_id) FROM {toast_table}"  # noqa: S608 (a catalogue name)
+    )
+    assert values_out_of_line == 1
+    records = await log.read_records()
+    assert [r.entry.body for r in records][-1] == body
