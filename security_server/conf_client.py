@@ -12,7 +12,11 @@ Rules:
   (signature first, then document; a crash between the two leaves a pair that fails
   verification at the next start, and the node downloads again) and then swapped in.
 - Failures are logged and retried with bounded exponential backoff; the held version stays in
-  force until it expires. :meth:`current` then raises ``Server.ClientProxy.OutdatedGlobalConf``
+  force until it expires. An HTTP error names the status and, when the source explains itself
+  (a plain-text or JSON body, such as the registry's 404 for a pruned version), its
+  explanation: at most :data:`MAX_EXPLANATION_BYTES` of the body are read, a JSON error's
+  ``message`` is taken, control characters are removed, and a body that is not UTF-8 text is
+  not shown. :meth:`current` then raises ``Server.ClientProxy.OutdatedGlobalConf``
   (as does a node with no configuration at all); the node recovers by itself once a download
   succeeds.
 - The polling interval is the configuration's ``settings.conf_refresh_s`` once one is held,
@@ -25,9 +29,12 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import dataclasses
 import datetime as dt
+import json
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +62,9 @@ SIGNATURE_FILE = "conf.json.p7s"
 MAX_POINTER_BYTES = 64 * 1024
 MAX_SIGNATURE_BYTES = 256 * 1024
 DEFAULT_TIMEOUT_S = 10.0
+#: The most of an error answer's body read for its explanation; the rest is not read.
+MAX_EXPLANATION_BYTES = 512
+_TEXT_TYPES = frozenset({"text/plain", "application/json", "application/problem+json"})
 
 
 class ConfDownloadError(JisrError):
@@ -92,6 +102,47 @@ class ConfStatus:
             "last_error": self.last_error,
             "failures": self.failures,
         }
+
+
+async def _explanation(resp: aiohttp.ClientResponse) -> str:
+    """What an error answer says about itself, made safe to show; empty when it says nothing.
+
+    Only a ``text/plain`` or JSON body is read, and only its first
+    :data:`MAX_EXPLANATION_BYTES` (a longer one is cut, marked ``...``). Of a JSON object the
+    string ``message`` is taken (the registry's errors are ``{"type", "message"}``); other JSON
+    is shown as text. A body that is not UTF-8 is ignored. Control and format characters
+    (line breaks, escapes, bidirectional overrides) become spaces, so the explanation stays on
+    the log line it is written to.
+    """
+    if resp.content_type not in _TEXT_TYPES:
+        return ""
+    head = bytearray()
+    try:
+        while len(head) <= MAX_EXPLANATION_BYTES:
+            chunk = await resp.content.read(MAX_EXPLANATION_BYTES + 1 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except (aiohttp.ClientError, TimeoutError):
+        pass  # the status is the error; what was read so far may still explain it
+    cut = len(head) > MAX_EXPLANATION_BYTES
+    del head[MAX_EXPLANATION_BYTES:]
+    try:
+        # A cut may fall inside a character: an incomplete end is dropped, not an error.
+        text = codecs.getincrementaldecoder("utf-8")().decode(bytes(head), final=not cut)
+    except UnicodeDecodeError:
+        return ""
+    if resp.content_type != "text/plain" and not cut:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("message"), str):
+            text = data["message"]
+    shown = " ".join(
+        "".join(" " if unicodedata.category(c)[0] in "CZ" else c for c in text).split()
+    )
+    return f"{shown} ..." if shown and cut else shown
 
 
 class ConfClient:
@@ -227,8 +278,10 @@ class ConfClient:
                 headers={"Cache-Control": "no-cache"},
             ) as resp:
                 if resp.status != 200:
+                    explanation = await _explanation(resp)
                     raise ConfDownloadError(
                         f"the configuration source answered HTTP {resp.status} for {what} ({url})"
+                        + (f": {explanation}" if explanation else "")
                     )
                 body = await read_limited(resp, limit)
                 if body is None:

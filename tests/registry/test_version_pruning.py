@@ -23,7 +23,7 @@ from aiohttp import web
 
 from config.errors import ConfigError, ValidationError
 from config.settings import RegistrySettings, load_settings
-from gateway.globalconf import digest_of
+from gateway.globalconf import GlobalConfPointer, digest_of
 from registry.conf_keys import export_anchor
 from registry.publisher import Publisher, prune_old_versions
 from registry.server import running_registry
@@ -358,6 +358,14 @@ async def test_a_node_sent_to_a_pruned_version_reads_current_again(
             assert node.failures == 1
             assert node.last_error is not None
             assert "HTTP 404 for the configuration document" in node.last_error
+            # The registry's explanation is part of the node's error, on one line.
+            pruned = GlobalConfPointer.from_bytes(stale_pointer).version
+            assert (
+                f"/conf.json): configuration version {pruned} is no longer kept by the "
+                "registry (old versions are pruned;"
+            ) in node.last_error
+            assert "read globalconf/current for the version in force" in node.last_error
+            assert node.last_error.isprintable()
 
             stale = False
             assert await node.poll_once() is True
