@@ -7,8 +7,11 @@ Rules:
 - Which responders to ask comes from the global configuration: the approved CA that issued the
   certificate (directly or through one of its listed intermediates) and that CA's OCSP
   responders, asked in the listed order until one gives a verified answer
-  (:func:`trust_services.ocsp_client.ask_responders`); the responders' certificates listed
-  there are trusted as delegated signers.
+  (:func:`trust_services.ocsp_client.ask_responders`), except that the responder that last
+  answered for the same issuing CA is asked first (one
+  :class:`trust_services.ocsp_client.ResponderPreference` per :class:`OwnOcsp`, kept when the
+  refresher is rebuilt for a new configuration); the responders' certificates listed there
+  are trusted as delegated signers.
 - Responses are verified (:func:`certs.ocsp.verify_response`) before they are kept, persisted
   in ``DIR/ocsp/<sha256 of the certificate>.der`` (atomically) and reloaded at start, so a
   restart does not need the responder. Refreshing happens once two thirds of the freshness
@@ -35,7 +38,12 @@ from cryptography.hazmat.primitives import hashes
 from certs.ocsp import OcspCache, OcspError, OcspVerdict, verify_response
 from config.files import write_atomically
 from gateway.globalconf import GlobalConf
-from trust_services.ocsp_client import OcspRefresher, OwnCertificate, ask_responders
+from trust_services.ocsp_client import (
+    OcspRefresher,
+    OwnCertificate,
+    ResponderPreference,
+    ask_responders,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -81,9 +89,15 @@ def own_certificate(conf: GlobalConf, cert: x509.Certificate) -> OwnCertificate:
 
 
 async def fetch_own_ocsp(
-    session: aiohttp.ClientSession, conf: GlobalConf, cert: x509.Certificate, *, now: dt.datetime
+    session: aiohttp.ClientSession,
+    conf: GlobalConf,
+    cert: x509.Certificate,
+    *,
+    now: dt.datetime,
+    preference: ResponderPreference | None = None,
 ) -> OcspVerdict:
-    """A fresh, verified, *good* OCSP verdict for ``cert`` from its CA's listed responders."""
+    """A fresh, verified, *good* OCSP verdict for ``cert`` from its CA's listed responders
+    (with ``preference``, the one that last answered for the same CA first)."""
     own = own_certificate(conf, cert)
     answer = await ask_responders(
         session,
@@ -93,6 +107,7 @@ async def fetch_own_ocsp(
         trusted_responders=own.trusted_responders,
         max_age=dt.timedelta(seconds=conf.settings.ocsp_freshness_s),
         clock=lambda: now,
+        preference=preference,
     )
     verdict = answer.verdict
     if verdict.status.state != "good":
@@ -119,6 +134,7 @@ class OwnOcsp:
         conf: Callable[[], GlobalConf | None],
         clock: Clock = _utc_now,
         min_backoff: dt.timedelta = dt.timedelta(seconds=5),
+        preference: ResponderPreference | None = None,
     ) -> None:
         self.directory = directory
         self._session = session
@@ -127,6 +143,8 @@ class OwnOcsp:
         self._clock = clock
         self._min_backoff = min_backoff
         self._cache = OcspCache()
+        #: Outlives the refresher, which is rebuilt when the freshness setting changes.
+        self.preference = preference if preference is not None else ResponderPreference()
         self._refresher: OcspRefresher | None = None
         self._freshness: int | None = None
         self._tracked: tuple[OwnCertificate, ...] = ()
@@ -172,6 +190,7 @@ class OwnOcsp:
                 max_age=max_age,
                 clock=self._clock,
                 min_backoff=self._min_backoff,
+                preference=self.preference,
             )
             self._freshness = freshness
             self._tracked = owns

@@ -15,7 +15,7 @@ Rules:
   provider's node, the provider's TLS server certificate on the consumer's node) must have a
   good OCSP status no older than ``ocsp_freshness_s``, asked of the responders the global
   configuration lists for the CA that issued it, in the listed order until one gives a
-  verified answer (:class:`PeerAuthStatus`,
+  verified answer, the responder that last answered for that CA first (:class:`PeerAuthStatus`,
   :func:`trust_services.ocsp_client.ask_responders`). TLS carries no OCSP evidence, so each
   node asks itself: at most one fetch per certificate and freshness period (refreshed in the
   background once two thirds of it are used up), one fetch shared by concurrent first
@@ -53,7 +53,7 @@ from gateway.globalconf import GlobalConf, SecurityServer
 from gateway.identifiers import ClientId, MemberId, SecurityServerId
 from gateway.transport import VerifiedMessage
 from security_server.own_ocsp import own_certificate
-from trust_services.ocsp_client import OwnCertificate, ask_responders
+from trust_services.ocsp_client import OwnCertificate, ResponderPreference, ask_responders
 
 log = structlog.get_logger("jisr.peer_trust")
 
@@ -322,14 +322,16 @@ class PeerAuthStatus:
     it), so a certificate is asked about once whichever side meets it. Verdicts live in a
     :class:`certs.ocsp.OcspCache` whose freshness is the configuration's ``ocsp_freshness_s``.
 
-    A fetch asks the CA's listed responders in order and ends at the first verified answer,
-    whatever its status. The backoff counts fetches, not responders: it starts only when every
-    responder failed, and the next fetch asks the whole list again, first responder first. A
-    per-responder backoff would need state per URL and would change which responder is asked
-    first from one fetch to the next; the list is short and a dead first responder that
-    refuses connections costs little, while the backoff's job (never asking dead responders per
-    message) is done either way. ``request_timeout`` applies to each responder, so a first
-    exchange may wait that long once per listed responder that does not answer.
+    A fetch asks the CA's listed responders and ends at the first verified answer, whatever
+    its status. The responder that last answered for the same issuing CA is asked first, the
+    others follow in the listed order (``preference``, a
+    :class:`trust_services.ocsp_client.ResponderPreference`; the one that answers becomes the
+    preferred one), so a first responder that never answers costs its timeout once rather than
+    on every fetch. The backoff counts fetches, not responders: it starts only when every
+    responder failed, and the next fetch asks the whole list again, preferred responder first.
+    ``request_timeout`` applies to each responder, so a fetch may wait that long once per
+    responder that does not answer. Requests answered from a settled verdict do not look at
+    the preference at all.
     """
 
     def __init__(
@@ -340,6 +342,7 @@ class PeerAuthStatus:
         min_backoff: dt.timedelta = dt.timedelta(seconds=5),
         max_backoff: dt.timedelta = dt.timedelta(minutes=2),
         request_timeout: dt.timedelta = dt.timedelta(seconds=10),
+        preference: ResponderPreference | None = None,
     ) -> None:
         if min_backoff <= dt.timedelta(0):
             raise ValueError(
@@ -351,6 +354,8 @@ class PeerAuthStatus:
         self._min_backoff = min_backoff
         self._max_backoff = max(max_backoff, min_backoff)
         self._timeout = request_timeout
+        #: Which responder each issuing CA's certificates are asked about first.
+        self.preference = preference if preference is not None else ResponderPreference()
         self._cache = OcspCache()
         #: Per certificate: its verdict while fresh and not yet due for refresh, with when
         #: that ends, so a request is answered with one lookup and two comparisons.
@@ -510,6 +515,7 @@ class PeerAuthStatus:
                 max_age=max_age,
                 clock=self._clock,
                 request_timeout=self._timeout,
+                preference=self.preference,
             )
         except Exception as exc:
             message = exc.message if isinstance(exc, OcspError) else "internal error"

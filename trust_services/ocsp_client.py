@@ -18,12 +18,18 @@ Rules:
   names each responder and why. Every caller that asks a CA's responders goes through it: the
   node's own certificates (:class:`OcspRefresher`, ``security_server.own_ocsp``) and the other
   node's authentication certificate (``security_server.peer_trust``).
+- A :class:`ResponderPreference` passed to :func:`ask_responders` remembers, per issuing CA
+  certificate, the responder that last gave a verified answer and puts it first in the next
+  fetch; the others follow in the listed order. A first responder that accepts connections
+  but never answers then costs its timeout once, not on every fetch. A preferred URL that a
+  new configuration no longer lists is forgotten, and the listed order applies again. A
+  change of preferred responder is logged once (``ocsp_preferred_responder_changed``).
 - :class:`OcspRefresher` keeps a verdict for each of a node's own certificates in an
   :class:`certs.ocsp.OcspCache`, fetching a new one when the cache says it is due (well before
   the old one stops being fresh). A fetch asks the certificate's responders in turn; only when
   all of them failed does it count as a failure, after which that certificate is retried with
   bounded exponential backoff (per certificate, not per responder: the next attempt asks the
-  whole list again, first responder first). It always sleeps between passes, so dead
+  whole list again, the preferred responder first). It always sleeps between passes, so dead
   responders never cause a busy loop. Time comes from an injected clock; tests drive
   :meth:`OcspRefresher.refresh_due` directly.
 """
@@ -31,6 +37,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -59,6 +66,7 @@ __all__ = [
     "OcspRespondersFailed",
     "OwnCertificate",
     "ResponderAnswer",
+    "ResponderPreference",
     "ask_responders",
     "fetch_ocsp",
     "fetch_verdict",
@@ -166,6 +174,81 @@ class ResponderAnswer:
     verdict: OcspVerdict
 
 
+#: Issuing CAs whose preferred responder a :class:`ResponderPreference` keeps by default; a
+#: federation approves a handful, so the bound only matters against a runaway caller.
+DEFAULT_PREFERENCE_ENTRIES = 256
+
+
+class ResponderPreference:
+    """Per issuing CA certificate, the responder URL that last gave a verified answer.
+
+    Keyed by the issuer (its SHA-256 fingerprint), not by the list of URLs: a new
+    configuration version that adds, removes or reorders *other* responders keeps the
+    preference, and one that no longer lists the preferred URL falls back to the listed order.
+    Several certificates of one CA (a node's authentication and signing certificates, or many
+    nodes' authentication certificates) share what was learnt. At most ``max_entries`` CAs are
+    kept; the one used least recently is dropped first. Only fetches use it, never the cached
+    verdicts a request is answered from.
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_PREFERENCE_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, not {max_entries}")
+        self._max = max_entries
+        self._preferred: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._preferred)
+
+    def preferred(self, issuer: x509.Certificate) -> str | None:
+        """The URL remembered for ``issuer``'s certificates, if any."""
+        return self._preferred.get(_key(issuer))
+
+    def order(self, issuer: x509.Certificate, urls: Sequence[str]) -> tuple[str, ...]:
+        """``urls`` with the preferred responder first and the rest in the listed order."""
+        listed = tuple(urls)
+        key = _key(issuer)
+        preferred = self._preferred.get(key)
+        if preferred is None or not listed:
+            return listed
+        if preferred not in listed:
+            del self._preferred[key]
+            _log.info(
+                "ocsp_preferred_responder_changed",
+                issuer=issuer.subject.rfc4514_string(),
+                old_url=preferred,
+                new_url=listed[0],
+                reason="the global configuration no longer lists the preferred responder",
+            )
+            return listed
+        self._preferred.move_to_end(key)
+        if preferred == listed[0]:
+            return listed
+        return (preferred, *(url for url in listed if url != preferred))
+
+    def answered(self, issuer: x509.Certificate, urls: Sequence[str], url: str) -> None:
+        """Record that ``url``, one of ``urls``, gave a verified answer about a certificate
+        ``issuer`` issued; it is asked first from now on."""
+        key = _key(issuer)
+        stored = self._preferred.get(key)
+        current = stored if stored is not None and stored in urls else (urls[0] if urls else None)
+        if url == current:
+            if stored is not None:
+                self._preferred.move_to_end(key)
+            return
+        _log.info(
+            "ocsp_preferred_responder_changed",
+            issuer=issuer.subject.rfc4514_string(),
+            old_url=current,
+            new_url=url,
+            reason="the old one failed and the new one answered",
+        )
+        self._preferred[key] = url
+        self._preferred.move_to_end(key)
+        while len(self._preferred) > self._max:
+            self._preferred.popitem(last=False)
+
+
 async def ask_responders(
     session: aiohttp.ClientSession,
     urls: Sequence[str],
@@ -177,19 +260,26 @@ async def ask_responders(
     nonce: bool = False,
     clock: Clock = _utc_now,
     request_timeout: dt.timedelta = DEFAULT_TIMEOUT,
+    preference: ResponderPreference | None = None,
 ) -> ResponderAnswer:
     """The first verified answer about ``cert`` from ``urls``, asked in order.
 
-    Each responder gets its own request (its own nonce) and ``request_timeout``, so a list of
-    *n* dead responders that do not refuse connections can take *n* times the timeout. A
-    verified ``revoked`` or ``unknown`` verdict is returned like a ``good`` one; only failures
-    move on to the next URL. Raises :class:`OcspRespondersFailed` when every one failed.
+    With ``preference``, the responder that last answered about a certificate of ``issuer`` is
+    asked first and the others follow in the listed order; the one that answers becomes the
+    preferred one. Each responder gets its own request (its own nonce) and
+    ``request_timeout``, so a list of *n* dead responders that do not refuse connections can
+    take *n* times the timeout. A verified ``revoked`` or ``unknown`` verdict is returned like a
+    ``good`` one; only failures move on to the next URL. Raises :class:`OcspRespondersFailed`
+    when every one failed; its failures are in the order the responders were asked.
     """
     if not urls:
         raise OcspError(
             "no OCSP responder is listed for the certificate's CA; ask the registry operator "
             "to add one"
         )
+    listed = urls
+    if preference is not None:
+        urls = preference.order(issuer, listed)
     failures: list[tuple[str, str]] = []
     for index, url in enumerate(urls):
         try:
@@ -215,6 +305,8 @@ async def ask_responders(
                     next_url=urls[index + 1],
                 )
             continue
+        if preference is not None:
+            preference.answered(issuer, listed, url)
         return ResponderAnswer(url, verdict)
     raise OcspRespondersFailed(failures)
 
@@ -262,6 +354,7 @@ class OcspRefresher:
         min_sleep: dt.timedelta = dt.timedelta(seconds=1),
         max_sleep: dt.timedelta = dt.timedelta(minutes=5),
         request_timeout: dt.timedelta = DEFAULT_TIMEOUT,
+        preference: ResponderPreference | None = None,
     ) -> None:
         if min_backoff <= dt.timedelta(0) or min_sleep <= dt.timedelta(0):
             raise ValueError("backoff and sleep must be positive, or the refresher would spin")
@@ -275,6 +368,7 @@ class OcspRefresher:
         self._min_sleep = min_sleep
         self._max_sleep = max(max_sleep, min_sleep)
         self._timeout = request_timeout
+        self._preference = preference if preference is not None else ResponderPreference()
         self._attempts: dict[bytes, _Attempts] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -282,6 +376,11 @@ class OcspRefresher:
     @property
     def certificates(self) -> tuple[OwnCertificate, ...]:
         return self._certificates
+
+    @property
+    def preference(self) -> ResponderPreference:
+        """Which responder each issuing CA's certificates are asked about first."""
+        return self._preference
 
     def replace_certificates(self, certificates: Sequence[OwnCertificate]) -> None:
         """Track a new set of certificates (e.g. after a key rotation) from the next pass."""
@@ -324,6 +423,7 @@ class OcspRefresher:
                     max_age=self._max_age,
                     clock=self._clock,
                     request_timeout=self._timeout,
+                    preference=self._preference,
                 )
             except OcspError as exc:
                 attempts.failures += 1

@@ -6,6 +6,7 @@ the same CA's when a test needs them), real configuration, real HTTP client.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -102,3 +103,33 @@ async def test_names_both_responders_when_neither_answers(
     assert f"cannot reach the OCSP responder at {dead}" in failed.value.message
     assert f"the OCSP responder at {broken.url} answered HTTP 500" in failed.value.message
     assert broken.requests == 2
+
+
+async def test_the_responder_that_answered_last_is_asked_first_across_a_new_refresher(
+    net: Network, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    cert = net.consumer_auth.cert
+    async with (
+        listed_responder(net.responder, net.clock, "http500") as first,
+        listed_responder(net.responder, net.clock) as second,
+    ):
+        conf = list_responders(net, first.url, second.url)
+        ocsp = OwnOcsp(tmp_path, session, [cert], conf=lambda: conf, clock=net.clock)
+        assert await ocsp.refresh_due() == [cert]
+        assert (first.requests, second.requests) == (1, 1)
+
+        # a new freshness setting rebuilds the refresher; what was learnt is kept
+        conf = dataclasses.replace(
+            conf, settings=dataclasses.replace(conf.settings, ocsp_freshness_s=1800)
+        )
+        first.mode = "answer"
+        net.clock.now += dt.timedelta(seconds=1201)  # two thirds of 1800 s: due
+        assert await ocsp.refresh_due() == [cert]
+        assert (first.requests, second.requests) == (1, 2)  # the first got 0 new requests
+
+        second.mode = "http500"
+        net.clock.now += dt.timedelta(seconds=1201)
+        assert await ocsp.refresh_due() == [cert]
+        assert (first.requests, second.requests) == (2, 3)
+        assert ocsp.preference.preferred(own_certificate(conf, cert).issuer) == first.url
+    assert ocsp.response_for(cert) is not None

@@ -24,6 +24,7 @@ from gateway.transport import (
     ResponsePart,
     decode_message,
 )
+from security_server.own_ocsp import own_certificate
 from security_server.peer_trust import PeerAuthStatus
 from tests.pki_factory import FixturePki
 from tests.security_server.fakes import (
@@ -362,3 +363,54 @@ async def test_refusal_names_every_responder_when_all_fail_and_backs_off_for_all
     net.clock.now += dt.timedelta(seconds=10)
     refresh_staples(net)
     await assert_still_serving(net)
+
+
+# ---- the responder that answered last is asked first ----------------------------------------
+
+
+async def test_the_responder_that_answered_last_is_asked_first_about_peer_certificates(
+    net: Network,
+) -> None:
+    status = PeerAuthStatus(clock=net.clock)
+    cert = net.provider_auth.cert
+
+    async def fetch(conf: GlobalConf) -> None:
+        net.clock.now += dt.timedelta(seconds=3601)  # the cached verdict is stale: fetch
+        verdict = await status.require_good(
+            cert, conf, node=PROVIDER_NODE, prefix="Server.ClientProxy"
+        )
+        assert verdict.this_update == net.clock.now
+
+    try:
+        async with (
+            listed_responder(net.responder, net.clock, "http500") as first,
+            listed_responder(net.responder, net.clock) as second,
+            listed_responder(net.responder, net.clock) as third,
+        ):
+            conf = list_responders(net, first.url, second.url)
+            issuer = own_certificate(conf, cert).issuer
+            await status.require_good(cert, conf, node=PROVIDER_NODE, prefix="Server.ClientProxy")
+            assert (first.requests, second.requests) == (1, 1)
+            assert status.preference.preferred(issuer) == second.url
+
+            first.mode = "answer"
+            await fetch(conf)
+            assert (first.requests, second.requests) == (1, 2)  # the first got 0 new requests
+
+            second.mode = "garbage"
+            await fetch(conf)
+            assert (first.requests, second.requests) == (2, 3)
+            second.mode = "answer"
+            await fetch(conf)
+            assert (first.requests, second.requests) == (3, 3)  # the first is preferred now
+            assert status.preference.preferred(issuer) == first.url
+
+            # a new configuration version without the preferred responder: its order applies
+            conf = list_responders(net, third.url, second.url)
+            await fetch(conf)
+            assert (first.requests, second.requests, third.requests) == (3, 3, 1)
+            assert status.preference.preferred(issuer) is None
+    finally:
+        await status.close()
+    assert status.fetches == 5
+    assert net.ocsp_requests == 0

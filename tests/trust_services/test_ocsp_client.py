@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -21,6 +22,7 @@ from trust_services.ocsp_client import (
     OcspRefresher,
     OcspRespondersFailed,
     OwnCertificate,
+    ResponderPreference,
     ask_responders,
     fetch_ocsp,
     fetch_verdict,
@@ -352,3 +354,140 @@ def test_own_certificate_needs_a_tuple_of_urls(pki: FixturePki, member: Issued) 
         OwnCertificate(member.cert, pki.root.cert, "http://127.0.0.1:1/")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="non-empty tuple"):
         OwnCertificate(member.cert, pki.root.cert, ())
+
+
+# ---- the responder that answered last is asked first -----------------------------------------
+
+
+def _changes(logs: list[dict[str, object]]) -> list[tuple[object, object]]:
+    return [
+        (e["old_url"], e["new_url"])
+        for e in logs
+        if e["event"] == "ocsp_preferred_responder_changed" and e["log_level"] == "info"
+    ]
+
+
+async def test_the_responder_that_answered_is_asked_first_next_time(
+    responder: OcspResponder, session: aiohttp.ClientSession, pki: FixturePki, member: Issued
+) -> None:
+    preference = ResponderPreference()
+    async with (
+        listed_responder(responder, lambda: NOW, "http500") as first,
+        listed_responder(responder, lambda: NOW) as second,
+    ):
+        urls = (first.url, second.url)
+
+        async def ask() -> str:
+            answer = await ask_responders(
+                session, urls, member.cert, pki.root.cert, clock=lambda: NOW, preference=preference
+            )
+            return answer.url
+
+        with structlog.testing.capture_logs() as logs:
+            assert await ask() == second.url
+        assert (first.requests, second.requests) == (1, 1)
+        assert preference.preferred(pki.root.cert) == second.url
+        assert _changes(logs) == [(first.url, second.url)]
+
+        first.mode = "answer"  # would answer now, but is no longer asked first
+        with structlog.testing.capture_logs() as logs:
+            assert await ask() == second.url
+        assert (first.requests, second.requests) == (1, 2)
+        assert _changes(logs) == []
+
+        second.mode = "try_later"
+        with structlog.testing.capture_logs() as logs:
+            assert await ask() == first.url
+        assert (first.requests, second.requests) == (2, 3)
+        assert preference.preferred(pki.root.cert) == first.url
+        assert _changes(logs) == [(second.url, first.url)]
+
+        second.mode = "answer"
+        assert await ask() == first.url
+        assert (first.requests, second.requests) == (3, 3)
+
+        # all failing leaves the preference as it was, and the error lists them as asked
+        first.mode = second.mode = "http500"
+        with pytest.raises(OcspRespondersFailed) as failed:
+            await ask()
+        assert [url for url, _ in failed.value.failures] == [first.url, second.url]
+        assert preference.preferred(pki.root.cert) == first.url
+
+
+async def test_a_list_without_the_preferred_responder_is_asked_in_its_order(
+    responder: OcspResponder, session: aiohttp.ClientSession, pki: FixturePki, member: Issued
+) -> None:
+    preference = ResponderPreference()
+    dead = await closed_url()
+
+    async def ask(*urls: str) -> str:
+        answer = await ask_responders(
+            session, urls, member.cert, pki.root.cert, clock=lambda: NOW, preference=preference
+        )
+        return answer.url
+
+    async with (
+        listed_responder(responder, lambda: NOW) as second,
+        listed_responder(responder, lambda: NOW) as third,
+        listed_responder(responder, lambda: NOW) as fourth,
+    ):
+        assert await ask(dead, second.url) == second.url
+        assert preference.preferred(pki.root.cert) == second.url
+        # a list that still has it, among others in a new order: it stays first
+        assert await ask(third.url, second.url) == second.url
+        assert (second.requests, third.requests) == (2, 0)
+        # a list without it: the list's order, and the old preference is forgotten
+        with structlog.testing.capture_logs() as logs:
+            assert await ask(third.url, fourth.url) == third.url
+        assert (second.requests, third.requests, fourth.requests) == (2, 1, 0)
+        assert preference.preferred(pki.root.cert) is None
+        assert _changes(logs) == [(second.url, third.url)]
+
+
+async def test_the_refresher_asks_the_responder_that_answered_last_first(
+    responder: OcspResponder, session: aiohttp.ClientSession, pki: FixturePki, member: Issued
+) -> None:
+    clock = FakeClock()
+    cache = OcspCache(max_age=dt.timedelta(hours=1))
+    async with (
+        listed_responder(responder, clock, "http500") as first,
+        listed_responder(responder, clock) as second,
+        listed_responder(responder, clock) as third,
+    ):
+        own = OwnCertificate(member.cert, pki.root.cert, (first.url, second.url))
+        refresher = OcspRefresher(session, [own], cache, clock=clock)
+
+        async def refresh() -> tuple[int, int, int]:
+            clock.advance(minutes=41)  # past two thirds of the hour: due again
+            assert await refresher.refresh_due() == list(refresher.certificates)
+            return first.requests, second.requests, third.requests
+
+        assert await refresher.refresh_due() == [own]
+        assert (first.requests, second.requests) == (1, 1)
+        first.mode = "answer"
+        assert await refresh() == (1, 2, 0)  # the first is not asked: 0 new requests
+        second.mode = "http500"
+        assert await refresh() == (2, 3, 0)  # the second fails once, the first answers
+        second.mode = "answer"
+        assert await refresh() == (3, 3, 0)  # and is asked first from now on
+        assert refresher.preference.preferred(pki.root.cert) == first.url
+
+        # a new configuration lists other responders: their order applies
+        refresher.replace_certificates([dataclasses.replace(own, urls=(third.url, second.url))])
+        assert await refresh() == (3, 3, 1)
+        assert refresher.failures(member.cert) == 0
+
+
+def test_the_preference_is_bounded(pki: FixturePki, member: Issued, revoked: Issued) -> None:
+    preference = ResponderPreference(max_entries=2)
+    urls = ("http://127.0.0.1:1/", "http://127.0.0.1:2/")
+    for issuer in (pki.root.cert, member.cert, revoked.cert):
+        preference.answered(issuer, urls, urls[1])
+    assert len(preference) == 2
+    assert preference.preferred(pki.root.cert) is None  # used least recently: dropped
+    assert preference.preferred(revoked.cert) == urls[1]
+    # the listed first answering is no change and adds nothing
+    preference.answered(pki.root.cert, urls, urls[0])
+    assert preference.preferred(pki.root.cert) is None
+    with pytest.raises(ValueError, match="max_entries"):
+        ResponderPreference(max_entries=0)
