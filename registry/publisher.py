@@ -18,9 +18,12 @@ Rules:
   by polling the serial every ``poll`` seconds (changes made by another process).
 - After each version is stored, old versions are pruned (:meth:`Publisher.prune`): those
   neither among the newest ``keep_versions`` nor generated in the last ``keep_days`` days,
-  and never one that has not expired yet. Pruning holds the publishing lock, so it never
-  overlaps a publication; a pruning failure is logged as a warning and retried after the
-  next version, and never fails the publication.
+  and never one that has not expired yet. They are deleted in chunks of ``prune_chunk``
+  versions, oldest first; each chunk holds the publishing lock, so it never overlaps a
+  publication, and releases it, so a publication can go between two chunks of a long
+  backlog. While a prune runs, the one after a publication is skipped (the next version
+  starts it again). A pruning failure is logged as a warning and retried after the next
+  version, and never fails the publication.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 from cryptography import x509
@@ -55,7 +59,14 @@ from gateway.globalconf import (
 )
 from gateway.identifiers import MemberId, SecurityServerId, SubsystemId, parse_client
 from registry.conf_keys import load_signer
-from registry.store import ConfContent, ConfKey, ConfVersion, PruneResult, RegistryStore
+from registry.store import (
+    PRUNE_CHUNK_VERSIONS,
+    ConfContent,
+    ConfKey,
+    ConfVersion,
+    PruneResult,
+    RegistryStore,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -148,12 +159,15 @@ async def prune_old_versions(
     keep_days: int,
     now: dt.datetime,
     dry_run: bool = False,
+    chunk_size: int = PRUNE_CHUNK_VERSIONS,
+    guard: contextlib.AbstractAsyncContextManager[Any] | None = None,
+    after_chunk: Callable[[PruneResult], Awaitable[None]] | None = None,
 ) -> PruneResult:
     """Prune by the retention settings; see :meth:`RegistryStore.prune_versions` for the rules.
 
     In the registry process, call :meth:`Publisher.prune` instead (it holds the publishing
-    lock); from another process this is safe too, as the store's table lock keeps a prune and
-    a publication apart.
+    lock for each chunk); from another process this is safe too, as the store's table lock
+    keeps each chunk and a publication apart.
     """
     if (
         isinstance(keep_days, bool)
@@ -169,6 +183,9 @@ async def prune_old_versions(
         keep_since=now - dt.timedelta(days=keep_days),
         now=now,
         dry_run=dry_run,
+        chunk_size=chunk_size,
+        guard=guard,
+        after_chunk=after_chunk,
     )
 
 
@@ -185,12 +202,16 @@ class Publisher:
         poll_s: float = 2.0,
         keep_versions: int = 10,
         keep_days: int = 7,
+        prune_chunk: int = PRUNE_CHUNK_VERSIONS,
         clock: Clock = utc_now,
     ) -> None:
         self.store = store
         #: The retention of old versions (``registry.conf_keep_versions``, ``conf_keep_days``).
         self.keep_versions = keep_versions
         self.keep_days = keep_days
+        #: Old versions deleted per transaction (and per hold of the publishing lock).
+        self.prune_chunk = prune_chunk
+        self._prunes_running = 0
         self.data_dir = data_dir
         self._passphrase = passphrase
         self.interval = dt.timedelta(seconds=interval_s)
@@ -254,19 +275,53 @@ class Publisher:
         await self._prune_after_publishing()
         return version
 
-    async def prune(self, *, actor: str = "publisher", dry_run: bool = False) -> PruneResult:
-        """Remove the old versions the retention lets go (in a dry run, only count them)."""
-        async with self._lock:
-            return await prune_old_versions(
-                self.store,
-                actor=actor,
-                keep_versions=self.keep_versions,
-                keep_days=self.keep_days,
-                now=self.clock(),
-                dry_run=dry_run,
+    async def prune(
+        self,
+        *,
+        actor: str = "publisher",
+        dry_run: bool = False,
+        after_chunk: Callable[[PruneResult], Awaitable[None]] | None = None,
+    ) -> PruneResult:
+        """Remove the old versions the retention lets go (in a dry run, only count them).
+
+        Each chunk of ``prune_chunk`` versions holds the publishing lock; ``after_chunk`` is
+        awaited between chunks, with the lock released.
+        """
+        if dry_run:
+            async with self._lock:
+                return await self._prune_old_versions(actor, dry_run=True)
+        self._prunes_running += 1
+        try:
+            return await self._prune_old_versions(
+                actor, dry_run=False, guard=self._lock, after_chunk=after_chunk
             )
+        finally:
+            self._prunes_running -= 1
+
+    async def _prune_old_versions(
+        self,
+        actor: str,
+        *,
+        dry_run: bool,
+        guard: contextlib.AbstractAsyncContextManager[Any] | None = None,
+        after_chunk: Callable[[PruneResult], Awaitable[None]] | None = None,
+    ) -> PruneResult:
+        return await prune_old_versions(
+            self.store,
+            actor=actor,
+            keep_versions=self.keep_versions,
+            keep_days=self.keep_days,
+            now=self.clock(),
+            dry_run=dry_run,
+            chunk_size=self.prune_chunk,
+            guard=guard,
+            after_chunk=after_chunk,
+        )
 
     async def _prune_after_publishing(self) -> None:
+        if self._prunes_running:
+            log.debug("a prune of old global configuration versions is under way; not another")
+            return
         try:
             result = await self.prune()
         except Exception as exc:  # pruning must never fail publishing; retried next version
@@ -282,6 +337,7 @@ class Publisher:
                 oldest_version=result.oldest_version,
                 newest_version=result.newest_version,
                 kept=result.kept,
+                chunks=result.chunks,
             )
         else:
             log.debug("no global configuration version to prune", kept=result.kept)

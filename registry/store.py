@@ -22,11 +22,12 @@ import contextvars
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import asyncpg
 
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 Role = Literal["operator", "auditor"]
 ROLES: tuple[Role, ...] = ("operator", "auditor")
 API_KEY_PREFIX = "jisr_"
+#: Old configuration versions removed per transaction by :meth:`RegistryStore.prune_versions`.
+PRUNE_CHUNK_VERSIONS = 500
 
 #: What the admin API may change in the instance settings, with the lowest value allowed.
 TUNABLE_SETTINGS = {
@@ -138,6 +141,21 @@ class PruneResult:
     #: Versions left in the table afterwards.
     kept: int
     dry_run: bool
+    #: Transactions that removed something (0 in a dry run or when nothing was removed).
+    chunks: int = 0
+
+    def add(self, later: PruneResult) -> PruneResult:
+        """This run's figures followed by a later chunk's."""
+        return PruneResult(
+            removed=self.removed + later.removed,
+            oldest_version=_least(self.oldest_version, later.oldest_version),
+            newest_version=_most(self.newest_version, later.newest_version),
+            oldest_generated_at=_least(self.oldest_generated_at, later.oldest_generated_at),
+            newest_generated_at=_most(self.newest_generated_at, later.newest_generated_at),
+            kept=later.kept,
+            dry_run=self.dry_run,
+            chunks=self.chunks + later.chunks,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -1165,6 +1183,9 @@ class RegistryStore:
         keep_since: dt.datetime,
         now: dt.datetime,
         dry_run: bool = False,
+        chunk_size: int = PRUNE_CHUNK_VERSIONS,
+        guard: AbstractAsyncContextManager[Any] | None = None,
+        after_chunk: Callable[[PruneResult], Awaitable[None]] | None = None,
     ) -> PruneResult:
         """Delete the versions that no node can still be directed to and the policy lets go.
 
@@ -1173,11 +1194,22 @@ class RegistryStore:
         generated before ``keep_since``, and it expired at or before ``now`` (an unexpired
         version may still be named by a mirror's pointer, and a node would still accept it).
 
-        One short transaction. Its ``SHARE ROW EXCLUSIVE`` lock on the versions table conflicts
-        with the lock :meth:`store_version` takes to insert, so a prune and a publication never
-        overlap, whichever processes run them; readers of the table are not blocked. A removal
-        is audited (``globalconf.prune``) in the same transaction; a dry run or a prune that
-        finds nothing writes no row.
+        The deletion runs in chunks of at most ``chunk_size`` versions, oldest first, each in
+        its own short transaction, so that a long backlog never holds a publication up for
+        long. Each chunk's ``SHARE ROW EXCLUSIVE`` lock on the versions table conflicts with
+        the lock :meth:`store_version` takes to insert, so a chunk and a publication never
+        overlap, whichever processes run them; readers of the table are not blocked.
+        ``guard`` (the publisher's lock) is entered around each chunk and released between
+        them, as is the table lock, so a publication can go between two chunks. The run
+        removes only what was prunable when it started (up to the newest such version then),
+        so it ends however many versions are published meanwhile.
+
+        Every chunk that removes something is audited (``globalconf.prune``) in its own
+        transaction, with that chunk's figures, its number (``chunk``), the total removed by
+        the run so far (``total_removed``) and whether it was the last (``done``); the result
+        gives the run's totals. ``after_chunk`` is awaited after each such chunk, outside the
+        locks, with that chunk's figures. A dry run (one query, nothing written) or a prune
+        that finds nothing writes no row.
         """
         if isinstance(keep_versions, bool) or not isinstance(keep_versions, int):
             raise ValidationError("keep_versions must be an integer")
@@ -1186,6 +1218,8 @@ class RegistryStore:
                 f"keep_versions {keep_versions} must be at least 1: the newest configuration "
                 "version is the one nodes are directed to and is never pruned"
             )
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValidationError(f"chunk_size {chunk_size!r} must be a whole number, at least 1")
         details: dict[str, Any] = {
             "keep_versions": keep_versions,
             "keep_since": _iso(keep_since),
@@ -1201,40 +1235,72 @@ class RegistryStore:
             "SELECT count(*) AS count, min(version) AS oldest, max(version) AS newest, "
             "min(generated_at) AS oldest_at, max(generated_at) AS newest_at FROM pruned"
         )
-        async with self._write(
-            actor, "globalconf.prune", details, changes_conf=False, audited=False
-        ) as conn:
-            if dry_run:
-                (row,) = await conn.fetch(
+        # The oldest ``$5`` prunable versions up to ``$4``.
+        oldest_chunk = (
+            "FROM globalconf_versions WHERE version IN (SELECT version " + selection + " AND "
+            "version <= $4 ORDER BY version LIMIT $5)"
+        )
+        if dry_run:
+            async with _entered(guard), self.pool.acquire() as reader, reader.transaction():
+                (row,) = await reader.fetch(
                     f"WITH pruned AS (SELECT version, generated_at {selection}) {summary}",
                     keep_versions,
                     keep_since,
                     now,
                 )
-            else:
+                total = await reader.fetchval("SELECT count(*) FROM globalconf_versions")
+            return _prune_result(row, kept=total - row["count"], dry_run=True)
+
+        run: PruneResult | None = None
+        bound: int | None = None  # the newest version prunable when the run started
+        for chunk in itertools.count(1):
+            async with (
+                _entered(guard),
+                self._write(
+                    actor, "globalconf.prune", details, changes_conf=False, audited=False
+                ) as conn,
+            ):
                 await conn.execute("LOCK TABLE globalconf_versions IN SHARE ROW EXCLUSIVE MODE")
+                if bound is None:
+                    bound = await conn.fetchval(
+                        f"SELECT max(version) {selection}", keep_versions, keep_since, now
+                    )
+                    if bound is None:
+                        kept = await conn.fetchval("SELECT count(*) FROM globalconf_versions")
+                        return PruneResult(0, None, None, None, None, kept, dry_run=False)
                 (row,) = await conn.fetch(
-                    f"WITH pruned AS (DELETE {selection} RETURNING version, generated_at) "
+                    f"WITH pruned AS (DELETE {oldest_chunk} RETURNING version, generated_at) "
                     f"{summary}",
                     keep_versions,
                     keep_since,
                     now,
+                    bound,
+                    chunk_size,
                 )
-            result = PruneResult(
-                removed=row["count"],
-                oldest_version=row["oldest"],
-                newest_version=row["newest"],
-                oldest_generated_at=row["oldest_at"],
-                newest_generated_at=row["newest_at"],
-                kept=await conn.fetchval("SELECT count(*) FROM globalconf_versions")
-                - (row["count"] if dry_run else 0),
-                dry_run=dry_run,
-            )
-            if result.removed and not dry_run:
-                details.update(result.to_json())
-                details.pop("dry_run")
-                await _audit_row(conn, actor, "globalconf.prune", details)
-        return result
+                more = await conn.fetchval(
+                    f"SELECT EXISTS (SELECT 1 {selection} AND version <= $4)",
+                    keep_versions,
+                    keep_since,
+                    now,
+                    bound,
+                )
+                kept = await conn.fetchval("SELECT count(*) FROM globalconf_versions")
+                part = _prune_result(row, kept=kept, dry_run=False)
+                if part.removed:
+                    run = part if run is None else run.add(part)
+                    await _audit_row(
+                        conn,
+                        actor,
+                        "globalconf.prune",
+                        details
+                        | {k: v for k, v in part.to_json().items() if k != "dry_run"}
+                        | {"chunk": chunk, "total_removed": run.removed, "done": not more},
+                    )
+            if part.removed and after_chunk is not None:
+                await after_chunk(part)
+            if not more or not part.removed:  # done, or another prune took the rest
+                break
+        return run if run is not None else part
 
     # -- API keys and the audit log ---------------------------------------------------------------
 
@@ -1307,6 +1373,39 @@ class RegistryStore:
             }
             for r in rows
         ]
+
+
+def _prune_result(row: asyncpg.Record, *, kept: int, dry_run: bool) -> PruneResult:
+    return PruneResult(
+        removed=row["count"],
+        oldest_version=row["oldest"],
+        newest_version=row["newest"],
+        oldest_generated_at=row["oldest_at"],
+        newest_generated_at=row["newest_at"],
+        kept=kept,
+        dry_run=dry_run,
+        chunks=1 if row["count"] and not dry_run else 0,
+    )
+
+
+_Ordered = TypeVar("_Ordered", int, dt.datetime)
+
+
+def _least(a: _Ordered | None, b: _Ordered | None) -> _Ordered | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _most(a: _Ordered | None, b: _Ordered | None) -> _Ordered | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+@asynccontextmanager
+async def _entered(guard: AbstractAsyncContextManager[Any] | None) -> AsyncIterator[None]:
+    if guard is None:
+        yield
+    else:
+        async with guard:
+            yield
 
 
 async def _audit_row(conn: Connection, actor: str, action: str, details: dict[str, Any]) -> None:

@@ -276,8 +276,10 @@ def conf_version() -> None:
 def conf_version_prune(ctx: click.Context, dry_run: bool) -> None:
     """Remove old versions now, by registry.conf_keep_versions and conf_keep_days.
 
-    The newest version and every version not yet expired are always kept. `serve` does the
-    same after each version it publishes; this is for doing it at once (or seeing its effect).
+    The newest version and every version not yet expired are always kept. Versions are
+    deleted in chunks of 500, each its own transaction, so a running `serve` can publish
+    between them. `serve` does the same after each version it publishes; this is for doing it
+    at once (or seeing its effect).
     """
     settings = settings_of(ctx)
     reg = settings.registry

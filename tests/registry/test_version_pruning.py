@@ -27,7 +27,7 @@ from gateway.globalconf import GlobalConfPointer, digest_of
 from registry.conf_keys import export_anchor
 from registry.publisher import Publisher, prune_old_versions
 from registry.server import running_registry
-from registry.store import RegistryStore
+from registry.store import PruneResult, RegistryStore
 from security_server.conf_client import ConfClient
 from tests.registry.conftest import PASSPHRASE, Registry
 from trust_services.http_server import serve_app
@@ -103,6 +103,9 @@ async def test_keeps_the_newest_versions_and_audits_the_removal(registry: Regist
         "oldest_generated_at": T0.isoformat(),
         "newest_generated_at": T0.isoformat(),
         "kept": 3,
+        "chunk": 1,
+        "total_removed": 3,
+        "done": True,
     }
 
 
@@ -197,6 +200,167 @@ async def test_dry_run_reports_and_removes_nothing(registry: Registry) -> None:
     done = await registry.publisher.prune()
     assert (done.removed, done.oldest_version, done.newest_version, done.kept) == (3, 1, 3, 2)
     assert await _stored(registry) == [4, 5]
+
+
+# -- chunks ------------------------------------------------------------------------------------
+
+
+async def test_a_backlog_larger_than_a_chunk_is_pruned_in_several(registry: Registry) -> None:
+    clock = Clock()
+    _retain(registry.publisher, clock, keep_versions=2, keep_days=1)
+    registry.publisher.prune_chunk = 3
+    await _publish(registry.publisher, 10)
+    clock.advance(days=2)
+    chunks: list[tuple[int, int | None, int | None]] = []
+
+    async def seen(part: PruneResult) -> None:
+        chunks.append((part.removed, part.oldest_version, part.newest_version))
+
+    result = await registry.publisher.prune(after_chunk=seen)
+
+    assert chunks == [(3, 1, 3), (3, 4, 6), (2, 7, 8)]  # oldest first
+    assert (result.removed, result.oldest_version, result.newest_version) == (8, 1, 8)
+    assert (result.kept, result.chunks) == (2, 3)
+    assert await _stored(registry) == [9, 10]
+    rows = sorted(await _prune_audit(registry), key=lambda r: r["details"]["chunk"])
+    assert [
+        (
+            r["details"]["chunk"],
+            _removed(r),
+            r["details"]["oldest_version"],
+            r["details"]["newest_version"],
+            r["details"]["kept"],
+            r["details"]["total_removed"],
+            r["details"]["done"],
+        )
+        for r in rows
+    ] == [(1, 3, 1, 3, 7, 3, False), (2, 3, 4, 6, 4, 6, False), (3, 2, 7, 8, 2, 8, True)]
+    assert {r["actor"] for r in rows} == {"publisher"}
+    assert (await registry.publisher.prune()).removed == 0
+    assert len(await _prune_audit(registry)) == 3
+
+
+async def test_a_chunk_that_ends_the_backlog_exactly_is_the_last(registry: Registry) -> None:
+    clock = Clock()
+    _retain(registry.publisher, clock, keep_versions=1, keep_days=0)
+    registry.publisher.prune_chunk = 2
+    await _publish(registry.publisher, 5)
+    clock.advance(days=1)
+
+    result = await registry.publisher.prune()
+
+    assert (result.removed, result.chunks) == (4, 2)
+    rows = await _prune_audit(registry)
+    assert sorted((r["details"]["chunk"], r["details"]["done"]) for r in rows) == [
+        (1, False),
+        (2, True),
+    ]
+
+
+async def test_publishing_between_chunks_loses_nothing_and_keeps_the_chain(
+    registry: Registry,
+) -> None:
+    """Between two chunks the publishing lock is free: a publication goes through at once
+    (were the lock held, it would wait for the whole prune and the test would time out)."""
+    clock = Clock()
+    _retain(registry.publisher, clock, keep_versions=2, keep_days=0)
+    registry.publisher.prune_chunk = 2
+    await _publish(registry.publisher, 9)
+    clock.advance(days=1)
+    published: list[int] = []
+
+    async def publish_between(part: PruneResult) -> None:
+        version = await asyncio.wait_for(registry.publisher.publish(), timeout=60)
+        published.append(version.version)
+
+    with structlog.testing.capture_logs() as logs:
+        result = await registry.publisher.prune(after_chunk=publish_between)
+
+    # The run removes what was prunable when it started: versions 1 to 7.
+    assert (result.removed, result.oldest_version, result.newest_version) == (7, 1, 7)
+    assert result.chunks == 4
+    assert published == [10, 11, 12, 13]
+    assert await _stored(registry) == [8, 9, 10, 11, 12, 13]
+    for version in range(9, 14):
+        this, before = (
+            await registry.store.get_version(version),
+            await registry.store.get_version(version - 1),
+        )
+        assert this.previous_digest == digest_of(before.document)
+    # The publications did not start prunes of their own while this one ran.
+    assert not [e for e in logs if e["event"] == "old global configuration versions pruned"]
+    assert sum(_removed(r) for r in await _prune_audit(registry)) == 7
+    # The next publication prunes what the run left (every version is expired and old).
+    clock.advance(days=1)
+    with structlog.testing.capture_logs() as logs:
+        await registry.publisher.publish()
+    assert await _stored(registry) == [13, 14]
+    (pruned,) = [e for e in logs if e["event"] == "old global configuration versions pruned"]
+    assert (pruned["removed"], pruned["oldest_version"], pruned["newest_version"]) == (5, 8, 12)
+    assert pruned["chunks"] == 3
+
+
+async def test_the_info_line_after_publishing_tells_the_total(registry: Registry) -> None:
+    clock = Clock()
+    _retain(registry.publisher, clock, keep_versions=1, keep_days=0)
+    registry.publisher.prune_chunk = 2
+    await _publish(registry.publisher, 6)
+    clock.advance(days=1)
+
+    with structlog.testing.capture_logs() as logs:
+        await registry.publisher.publish()
+
+    (pruned,) = [e for e in logs if e["event"] == "old global configuration versions pruned"]
+    assert pruned["log_level"] == "info"
+    assert (pruned["removed"], pruned["oldest_version"], pruned["newest_version"]) == (6, 1, 6)
+    assert (pruned["kept"], pruned["chunks"]) == (1, 3)
+    assert await _stored(registry) == [7]
+
+
+async def test_a_prune_from_another_process_in_chunks_beside_publications(
+    registry: Registry,
+) -> None:
+    """The CLI's path (no publishing lock, table lock per chunk) with publications racing it."""
+    clock = Clock(step=dt.timedelta(hours=1))
+    # The publisher's own prunes keep everything here: only the outside one removes.
+    _retain(registry.publisher, clock, keep_versions=1000, keep_days=0)
+    await _publish(registry.publisher, 12)
+    outside = RegistryStore(registry.pool)
+    pruning = asyncio.create_task(
+        prune_old_versions(
+            outside,
+            actor="cli",
+            keep_versions=2,
+            keep_days=0,
+            now=T0 + dt.timedelta(days=365),
+            chunk_size=2,
+        )
+    )
+    published = [(await registry.publisher.publish()).version for _ in range(4)]
+    result = await pruning
+
+    assert published == [13, 14, 15, 16]
+    stored = await _stored(registry)
+    assert stored == list(range(stored[0], 17))
+    audited = await _prune_audit(registry)
+    assert {r["actor"] for r in audited} == {"cli"}
+    assert sum(_removed(r) for r in audited) == result.removed
+    assert result.removed + len(stored) == 16
+    assert result.removed >= 10  # at least what was prunable before any of the four
+    assert result.chunks == len(audited) >= 5
+    for version in stored[1:]:
+        this, before = (
+            await registry.store.get_version(version),
+            await registry.store.get_version(version - 1),
+        )
+        assert this.previous_digest == digest_of(before.document)
+
+
+async def test_refuses_a_bad_chunk_size(registry: Registry) -> None:
+    with pytest.raises(ValidationError, match="chunk_size 0 must be a whole number, at least 1"):
+        await registry.store.prune_versions(
+            "op", keep_versions=1, keep_since=T0, now=T0, chunk_size=0
+        )
 
 
 # -- concurrency -------------------------------------------------------------------------------
