@@ -24,6 +24,10 @@ Rules:
 - Trust follows the configuration: when the approved CAs change, the server-side listener is
   re-bound on the same port with a new TLS context; when registered client certificates
   change, so is the client-side HTTPS listener. Connections already open finish normally.
+- One :class:`trust_services.ocsp_client.ResponderPreference` per node process
+  (``NodeRuntime.ocsp_preference``), shared by the refresher of the node's own OCSP responses
+  and the checks of the other nodes' authentication certificates, so a responder found dead on
+  one path is not asked first on the other.
 - Background tasks: configuration polling, own OCSP refreshing, the message log's writer and
   its batch timestamper (:mod:`security_server.message_log`, :mod:`.timestamper`), the
   archiver (:mod:`security_server.archiver`; a directory, ``<data dir>/archives`` by default,
@@ -86,6 +90,7 @@ from storage.database import open_pool
 from storage.errors import DATABASE_ERRORS
 from storage.migrations import apply_migrations
 from storage.sessions import session_changed
+from trust_services.ocsp_client import ResponderPreference
 
 if TYPE_CHECKING:
     from security_server.archiver import (
@@ -602,12 +607,16 @@ async def running_node(
         )
         conf.load_cached()
         await conf.poll_once()
+        # One per node: the own-certificate refresher and the peer checks (the transport
+        # client takes it from the runtime) learn which responder answers for a CA together.
+        ocsp_preference = ResponderPreference()
         ocsp = OwnOcsp(
             node_dir.ocsp_dir,
             session,
             [tls.certificate, *(s.certificate for s in signers.values())],
             conf=lambda: conf.latest,
             clock=clock,
+            preference=ocsp_preference,
         )
         await ocsp.refresh_due()
         catalogue = CatalogueStore(pool, session=session)
@@ -620,6 +629,7 @@ async def running_node(
             catalogue=catalogue,
             tls=tls,
             clock=clock,
+            ocsp_preference=ocsp_preference,
         )
         transport = transport_class(runtime)
         stack.push_async_callback(transport.close)

@@ -8,10 +8,13 @@ Rules:
   certificate (directly or through one of its listed intermediates) and that CA's OCSP
   responders, asked in the listed order until one gives a verified answer
   (:func:`trust_services.ocsp_client.ask_responders`), except that the responder that last
-  answered for the same issuing CA is asked first (one
-  :class:`trust_services.ocsp_client.ResponderPreference` per :class:`OwnOcsp`, kept when the
-  refresher is rebuilt for a new configuration); the responders' certificates listed there
-  are trusted as delegated signers.
+  answered for the same issuing CA is asked first
+  (:class:`trust_services.ocsp_client.ResponderPreference`, kept when the refresher is rebuilt
+  for a new configuration). A node passes its one preference
+  (``NodeRuntime.ocsp_preference``), which its checks of the other nodes' authentication
+  certificates (``security_server.peer_trust.PeerAuthStatus``) share: what either path learns
+  about a CA's responders, the other uses. The responders' certificates listed there are
+  trusted as delegated signers.
 - Responses are verified (:func:`certs.ocsp.verify_response`) before they are kept, persisted
   in ``DIR/ocsp/<sha256 of the certificate>.der`` (atomically) and reloaded at start, so a
   restart does not need the responder. Refreshing happens once two thirds of the freshness
@@ -96,8 +99,12 @@ async def fetch_own_ocsp(
     now: dt.datetime,
     preference: ResponderPreference | None = None,
 ) -> OcspVerdict:
-    """A fresh, verified, *good* OCSP verdict for ``cert`` from its CA's listed responders
-    (with ``preference``, the one that last answered for the same CA first)."""
+    """A fresh, verified, *good* OCSP verdict for ``cert`` from its CA's listed responders.
+
+    With ``preference`` (inside a node process, the node's ``NodeRuntime.ocsp_preference``),
+    the responder that last answered for the same CA is asked first and the one that answers
+    is remembered; without it, the listed order applies and nothing is remembered.
+    """
     own = own_certificate(conf, cert)
     answer = await ask_responders(
         session,
@@ -123,7 +130,12 @@ def _file_name(cert: x509.Certificate) -> str:
 
 
 class OwnOcsp:
-    """Keeps and persists OCSP responses for the node's own certificates."""
+    """Keeps and persists OCSP responses for the node's own certificates.
+
+    ``preference`` is the node's one :class:`ResponderPreference`, shared with its
+    :class:`security_server.peer_trust.PeerAuthStatus`; without it, this object keeps one of
+    its own (tests, tools).
+    """
 
     def __init__(
         self,
@@ -143,7 +155,8 @@ class OwnOcsp:
         self._clock = clock
         self._min_backoff = min_backoff
         self._cache = OcspCache()
-        #: Outlives the refresher, which is rebuilt when the freshness setting changes.
+        #: Outlives the refresher, which is rebuilt when the freshness setting changes; in a
+        #: node, the one the peer checks use too.
         self.preference = preference if preference is not None else ResponderPreference()
         self._refresher: OcspRefresher | None = None
         self._freshness: int | None = None

@@ -16,7 +16,8 @@ Rules:
   good OCSP status no older than ``ocsp_freshness_s``, asked of the responders the global
   configuration lists for the CA that issued it, in the listed order until one gives a
   verified answer, the responder that last answered for that CA first (:class:`PeerAuthStatus`,
-  :func:`trust_services.ocsp_client.ask_responders`). TLS carries no OCSP evidence, so each
+  :func:`trust_services.ocsp_client.ask_responders`; the node's one preference, which the
+  refresher of its own OCSP responses shares). TLS carries no OCSP evidence, so each
   node asks itself: at most one fetch per certificate and freshness period (refreshed in the
   background once two thirds of it are used up), one fetch shared by concurrent first
   requests, and after a failed fetch (every listed responder failed) none before a backoff has
@@ -327,8 +328,12 @@ class PeerAuthStatus:
     others follow in the listed order (``preference``, a
     :class:`trust_services.ocsp_client.ResponderPreference`; the one that answers becomes the
     preferred one), so a first responder that never answers costs its timeout once rather than
-    on every fetch. The backoff counts fetches, not responders: it starts only when every
-    responder failed, and the next fetch asks the whole list again, preferred responder first.
+    on every fetch. A node passes its one preference (``NodeRuntime.ocsp_preference``), which
+    the refresher of its own certificates' responses (``security_server.own_ocsp.OwnOcsp``)
+    uses too: a responder either path found dead is not asked first by the other. Without
+    one, this object keeps its own. The backoff counts fetches, not responders: it starts only
+    when every responder failed, and the next fetch asks the whole list again, preferred
+    responder first.
     ``request_timeout`` applies to each responder, so a fetch may wait that long once per
     responder that does not answer. Requests answered from a settled verdict do not look at
     the preference at all.

@@ -15,7 +15,12 @@ Rules:
   is also signed with the authentication key (proof of possession). Each signer certificate
   travels with a fresh OCSP response fetched, just before sending, from the responder the
   global configuration lists for the certificate's CA; the configuration is downloaded first,
-  so a node that cannot reach the registry fails before it signs anything.
+  so a node that cannot reach the registry fails before it signs anything. The CA's listed
+  responders are asked with a :class:`trust_services.ocsp_client.ResponderPreference`: called
+  inside a running node, pass the node's (``NodeRuntime.ocsp_preference``), so registration
+  asks first the responder the node last got an answer from; ``jisr node register`` and
+  ``add-client`` run alone and use one of their own for the request (the owner's certificate
+  then benefits from what the authentication certificate's fetch learnt).
 - A refusal is reported with the registry's own message; nothing is retried automatically
   (a request with the same content would need a new nonce anyway).
 - These functions are what ``jisr node register`` / ``add-client`` and the demo call.
@@ -44,6 +49,7 @@ from security_server.conf_client import ConfClient
 from security_server.node_dir import NodeDir
 from security_server.node_keys import NodeKeys
 from security_server.own_ocsp import fetch_own_ocsp
+from trust_services.ocsp_client import ResponderPreference
 
 MAX_RESPONSE_BYTES = 64 * 1024
 TIMEOUT_S = 30.0
@@ -206,8 +212,14 @@ async def register_server(
     *,
     session: aiohttp.ClientSession,
     now: dt.datetime | None = None,
+    preference: ResponderPreference | None = None,
 ) -> RequestState:
-    """Send ``register_server`` for this node (its address and authentication certificate)."""
+    """Send ``register_server`` for this node (its address and authentication certificate).
+
+    ``preference``: the running node's ``NodeRuntime.ocsp_preference`` when called inside the
+    node process; a command that runs alone (``jisr node register``) leaves it out and gets
+    one of its own for this request.
+    """
     ctx = await _context(node, session)
     if not ctx.public_address:
         raise RegistrationError(
@@ -218,8 +230,13 @@ async def register_server(
     auth_installed = ctx.keys.require_auth()
     auth = ctx.keys.signer(auth_installed, passphrase)
     owner = ctx.keys.member_signer(ctx.server_id.owner, passphrase)
-    auth_ocsp = await fetch_own_ocsp(session, ctx.conf, auth.certificate, now=at)
-    owner_ocsp = await fetch_own_ocsp(session, ctx.conf, owner.certificate, now=at)
+    preference = preference if preference is not None else ResponderPreference()
+    auth_ocsp = await fetch_own_ocsp(
+        session, ctx.conf, auth.certificate, now=at, preference=preference
+    )
+    owner_ocsp = await fetch_own_ocsp(
+        session, ctx.conf, owner.certificate, now=at, preference=preference
+    )
     raw = management_request(
         "register_server",
         ctx.server_id,
@@ -246,8 +263,13 @@ async def client_request(
     kind: str = "register_client",
     session: aiohttp.ClientSession,
     now: dt.datetime | None = None,
+    preference: ResponderPreference | None = None,
 ) -> RequestState:
-    """Send ``register_client`` (or ``delete_client``) for ``client``, signed by the owner."""
+    """Send ``register_client`` (or ``delete_client``) for ``client``, signed by the owner.
+
+    ``preference`` as for :func:`register_server` (``jisr node add-client`` runs alone and
+    leaves it out).
+    """
     if kind not in ("register_client", "delete_client"):
         raise ValueError(f"not a client request type: {kind}")
     ctx = await _context(node, session)
@@ -258,7 +280,9 @@ async def client_request(
         )
     at = _now(now)
     owner = ctx.keys.member_signer(ctx.server_id.owner, passphrase)
-    owner_ocsp = await fetch_own_ocsp(session, ctx.conf, owner.certificate, now=at)
+    owner_ocsp = await fetch_own_ocsp(
+        session, ctx.conf, owner.certificate, now=at, preference=preference
+    )
     raw = management_request(kind, ctx.server_id, now=at, client=client)
     body = request_body(raw, now=at, owner=owner, owner_ocsp=owner_ocsp.response_der)
     return await submit(session, ctx.registry_url, body)

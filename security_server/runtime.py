@@ -22,6 +22,7 @@ from gateway.globalconf import GlobalConf
 from gateway.identifiers import ClientId, MemberId, SecurityServerId, ServiceId
 from gateway.log_record import LogEntry
 from security_server.access_rights import AccessRights
+from trust_services.ocsp_client import ResponderPreference
 
 Clock = Callable[[], dt.datetime]
 ConnectionType = Literal["http", "https", "https_cert"]
@@ -135,3 +136,8 @@ class NodeRuntime:
     catalogue: LocalCatalogue
     tls: TlsFiles
     clock: Clock = utc_now
+    #: The node's one OCSP responder preference: its own certificates' refresher
+    #: (``own_ocsp.OwnOcsp``), the other nodes' authentication certificates
+    #: (``peer_trust.PeerAuthStatus``, through the transport client) and registration requests
+    #: sent from the node process all ask the responder that last answered for a CA first.
+    ocsp_preference: ResponderPreference = dataclasses.field(default_factory=ResponderPreference)

@@ -114,7 +114,9 @@ class TransportClient:
     ) -> None:
         self._runtime = runtime
         #: OCSP verdicts about other nodes' authentication certificates, for both node sides.
-        self.peer_status = peer_status or PeerAuthStatus(clock=runtime.clock)
+        self.peer_status = peer_status or PeerAuthStatus(
+            clock=runtime.clock, preference=runtime.ocsp_preference
+        )
         self._max_connections = max_connections
         self._max_per_host = max_connections_per_node
         self._nodes: aiohttp.ClientSession | None = None

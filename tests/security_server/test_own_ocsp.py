@@ -17,10 +17,11 @@ import pytest
 from certs.ocsp import OcspError
 from certs.status import CertStatus
 from security_server.own_ocsp import OwnOcsp, fetch_own_ocsp, own_certificate
-from tests.security_server.fakes import Network, two_nodes
+from security_server.peer_trust import PeerAuthStatus
+from tests.security_server.fakes import PROVIDER_NODE, Network, two_nodes
 from tests.security_server.test_peer_trust_ocsp import list_responders
 from tests.trust_services.responders import closed_url, listed_responder
-from trust_services.ocsp_client import OcspRespondersFailed
+from trust_services.ocsp_client import OcspRespondersFailed, ResponderPreference
 
 
 @pytest.fixture
@@ -133,3 +134,35 @@ async def test_the_responder_that_answered_last_is_asked_first_across_a_new_refr
         assert (first.requests, second.requests) == (2, 3)
         assert ocsp.preference.preferred(own_certificate(conf, cert).issuer) == first.url
     assert ocsp.response_for(cert) is not None
+
+
+async def test_fetch_with_the_nodes_preference_asks_first_what_the_peer_checks_learnt(
+    net: Network, session: aiohttp.ClientSession
+) -> None:
+    """Registration inside the node process passes the node's preference to fetch_own_ocsp."""
+    preference = ResponderPreference()
+    status = PeerAuthStatus(clock=net.clock, session=session, preference=preference)
+    cert = net.consumer_auth.cert
+    try:
+        async with (
+            listed_responder(net.responder, net.clock, "try_later") as first,
+            listed_responder(net.responder, net.clock) as second,
+        ):
+            conf = list_responders(net, first.url, second.url)
+            await status.require_good(
+                net.provider_auth.cert, conf, node=PROVIDER_NODE, prefix="Server.ClientProxy"
+            )
+            assert (first.requests, second.requests) == (1, 1)
+
+            first.mode = "answer"
+            verdict = await fetch_own_ocsp(
+                session, conf, cert, now=net.clock.now, preference=preference
+            )
+            assert verdict.status.state == "good"
+            assert (first.requests, second.requests) == (1, 2)  # the first got 0 new requests
+
+            # without it (a command running alone with nothing learnt): the listed order
+            await fetch_own_ocsp(session, conf, cert, now=net.clock.now)
+            assert (first.requests, second.requests) == (2, 2)
+    finally:
+        await status.close()

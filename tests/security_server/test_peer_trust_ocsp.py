@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from certs.status import CertStatus
@@ -24,7 +25,7 @@ from gateway.transport import (
     ResponsePart,
     decode_message,
 )
-from security_server.own_ocsp import own_certificate
+from security_server.own_ocsp import OwnOcsp, own_certificate
 from security_server.peer_trust import PeerAuthStatus
 from tests.pki_factory import FixturePki
 from tests.security_server.fakes import (
@@ -414,3 +415,77 @@ async def test_the_responder_that_answered_last_is_asked_first_about_peer_certif
         await status.close()
     assert status.fetches == 5
     assert net.ocsp_requests == 0
+
+
+# ---- one preference per node: its own certificates and the other nodes' ---------------------
+
+
+def own_refreshers(
+    net: Network, session: aiohttp.ClientSession, tmp: Path
+) -> tuple[OwnOcsp, OwnOcsp]:
+    """Each node's refresher of its own authentication certificate's OCSP response, wired as
+    the node assembly wires it: with the node's one preference, ``NodeRuntime.ocsp_preference``
+    (which its transport client gave its peer checks)."""
+    refreshers = []
+    for name, cert, conf, runtime in (
+        ("consumer", net.consumer_auth.cert, net.consumer_conf, net.consumer_runtime),
+        ("provider", net.provider_auth.cert, net.provider_conf, net.provider_runtime),
+    ):
+        (tmp / name).mkdir()
+        refreshers.append(
+            OwnOcsp(
+                tmp / name,
+                session,
+                [cert],
+                conf=lambda conf=conf: conf.conf,
+                clock=net.clock,
+                preference=runtime.ocsp_preference,
+            )
+        )
+    return refreshers[0], refreshers[1]
+
+
+async def test_peer_checks_ask_first_the_responder_the_own_refresher_found_answering(
+    net: Network, tmp_path: Path
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        listed_responder(net.responder, net.clock, "http500") as first,
+        listed_responder(net.responder, net.clock) as second,
+    ):
+        list_responders(net, first.url, second.url)
+        consumer_own, provider_own = own_refreshers(net, session, tmp_path)
+        assert await consumer_own.refresh_due() == [net.consumer_auth.cert]
+        assert await provider_own.refresh_due() == [net.provider_auth.cert]
+        assert (first.requests, second.requests) == (2, 2)
+
+        first.mode = "answer"  # it would answer now, if it were asked
+        reply = await rest(net, CITIZEN_PATH)
+        assert reply.status == 200, reply
+        # each node checked the other's certificate (same CA) with the second responder alone
+        assert (first.requests, second.requests) == (2, 4)
+    assert net.ocsp_requests == 0
+
+
+async def test_the_own_refresher_asks_first_the_responder_the_peer_checks_found_answering(
+    net: Network, tmp_path: Path
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        listed_responder(net.responder, net.clock, "garbage") as first,
+        listed_responder(net.responder, net.clock) as second,
+    ):
+        conf = list_responders(net, first.url, second.url)
+        reply = await rest(net, CITIZEN_PATH)
+        assert reply.status == 200, reply
+        assert (first.requests, second.requests) == (2, 2)  # one per node, each failed over
+
+        first.mode = "answer"
+        consumer_own, provider_own = own_refreshers(net, session, tmp_path)
+        assert await consumer_own.refresh_due() == [net.consumer_auth.cert]
+        assert await provider_own.refresh_due() == [net.provider_auth.cert]
+        assert (first.requests, second.requests) == (2, 4)  # the first got 0 new requests
+    issuer = own_certificate(conf, net.consumer_auth.cert).issuer
+    for runtime in (net.consumer_runtime, net.provider_runtime):
+        assert runtime.ocsp_preference.preferred(issuer) == second.url
+    assert net.consumer_runtime.ocsp_preference is not net.provider_runtime.ocsp_preference
