@@ -17,7 +17,8 @@ _configured = False
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
-    """Configure structlog and the standard library's logging. Safe to call again."""
+    """Configure structlog and the standard library's logging, once per process, before anything
+    logs. Loggers are cached on first use: a later call does not reach a logger already used."""
     global _configured
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):

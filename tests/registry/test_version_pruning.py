@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ import pytest
 import structlog
 from aiohttp import web
 
-import registry.publisher as logging_module
 from config.errors import ConfigError, ValidationError
 from config.settings import RegistrySettings, load_settings
 from gateway.globalconf import GlobalConfPointer, digest_of
@@ -37,18 +36,6 @@ pytestmark = pytest.mark.postgres
 
 T0 = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)
 JISR = [sys.executable, "-c", "from jisr.cli import main; main()"]
-
-
-@pytest.fixture(autouse=True)
-def _logs_capturable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Another test in the same process may have configured logging (a level filter, loggers
-    cached on first use), which ``capture_logs`` does not undo: start from structlog's
-    defaults and a fresh logger for the module, and put everything back afterwards."""
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    monkeypatch.setattr(logging_module, "log", structlog.get_logger(logging_module.__name__))
-    yield
-    structlog.configure(**saved)
 
 
 class Clock:

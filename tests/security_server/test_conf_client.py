@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -14,7 +14,6 @@ import pytest
 import structlog
 from aiohttp import web
 
-import security_server.conf_client as logging_module
 from certs.signer import SoftwareSigner
 from gateway.anchor import make_anchor
 from gateway.globalconf import (
@@ -32,18 +31,6 @@ from security_server.conf_client import DOCUMENT_FILE, MAX_EXPLANATION_BYTES, Co
 from trust_services.http_server import serve_app
 
 T0 = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture(autouse=True)
-def _logs_capturable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Another test in the same process may have configured logging (a level filter, loggers
-    cached on first use), which ``capture_logs`` does not undo: start from structlog's
-    defaults and a fresh logger for the module, and put everything back afterwards."""
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    monkeypatch.setattr(logging_module, "log", structlog.get_logger(logging_module.__name__))
-    yield
-    structlog.configure(**saved)
 
 
 @dataclasses.dataclass
