@@ -19,11 +19,12 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import aiohttp
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -92,11 +93,47 @@ class NodeProcess:
     endpoints: dict[str, Any]
 
 
+#: Where the system hands out ports of its own (Linux; the default range elsewhere).
+_EPHEMERAL_RANGE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT: Final = 10_000
+_ATTEMPTS: Final = 64
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text("ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port() -> int:
-    """A port free now, for the server side a node registers before it starts."""
+    """A port free now on 127.0.0.1, for the server side a node registers before it starts.
+
+    The port must stay free from now until the node listens on it, which may be seconds later.
+    A port the system chose (``bind`` to port 0) comes from its ephemeral range, from which it
+    also gives local ports to outgoing connections and to other port-0 listeners: one of those
+    could take it in between. So the port is drawn at random below that range, and kept only
+    if binding to it succeeds now (the system says it is free); if no such port is found, the
+    system's own choice is returned.
+    """
+    top = _ephemeral_start()
+    if top > _LOWEST_PORT + _ATTEMPTS:
+        for _ in range(_ATTEMPTS):
+            port = _LOWEST_PORT + secrets.randbelow(top - _LOWEST_PORT)
+            if _bindable(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def certify(directory: Path, trust: TrustServices, now: dt.datetime) -> None:
