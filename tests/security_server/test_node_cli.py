@@ -29,9 +29,11 @@ from tests.security_server.test_node_setup import (
     PASSPHRASE,
     SERVER,
     Network,
-    running_network,
+    network,
     wait_for_server_in_conf,
 )
+
+__all__ = ["network"]  # the fixture, imported to be used here
 
 pytestmark = pytest.mark.postgres
 
@@ -170,12 +172,6 @@ def test_operator_sets_up_a_node_with_the_commands(tmp_path: Path, fresh_db_url:
         "node", "api-key", "create", "--data-dir", str(data), "--name", "ops", "--role", "auditor"
     )
     assert key.startswith("jisr_")
-
-
-@pytest.fixture
-async def network(fresh_db_url: str, tmp_path: Path) -> AsyncIterator[Network]:
-    async with running_network(fresh_db_url, tmp_path) as net:
-        yield net
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ persisted, reloaded without the responder, and never stapled when not good."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -18,17 +17,13 @@ from security_server.own_ocsp import OwnOcsp, fetch_own_ocsp, own_certificate
 from tests.pki_factory import FixturePki
 from tests.security_server.test_node_setup import (
     Network,
-    running_network,
+    network,
     utc_now,
 )
 
+__all__ = ["network"]  # the fixture, imported to be used here
+
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def network(fresh_db_url: str, tmp_path: Path) -> AsyncIterator[Network]:
-    async with running_network(fresh_db_url, tmp_path) as net:
-        yield net
 
 
 @pytest.fixture

@@ -9,9 +9,6 @@ registration against a running registry.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import aiohttp
 import asyncpg
 import pytest
@@ -20,30 +17,19 @@ from gateway.identifiers import SubsystemId
 from security_server.node import running_node
 from security_server.node_dir import NodeDir
 from security_server.registration import client_request, register_server
+from tests.security_server.test_node_serve import node_pool
 from tests.security_server.test_node_setup import (
     PASSPHRASE,
     SERVER,
     Network,
-    running_network,
+    network,
     wait_for_server_in_conf,
 )
-from tests.security_server.two_nodes import node_database
 from trust_services.ocsp_client import ResponderPreference
 
+__all__ = ["network", "node_pool"]  # the fixtures, imported to be used here
+
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def network(fresh_db_url: str, tmp_path: Path) -> AsyncIterator[Network]:
-    async with running_network(fresh_db_url, tmp_path) as net:
-        yield net
-
-
-@pytest.fixture
-async def node_pool(pg_server_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
-    """A second fresh database: the registry of the network fixture uses the first."""
-    async with node_database(pg_server_url, tmp_path) as db:
-        yield db.pool
 
 
 def certified_node(network: Network) -> NodeDir:

@@ -30,19 +30,15 @@ from tests.security_server.test_node_setup import (
     PASSPHRASE,
     SERVER,
     Network,
-    running_network,
+    network,
     utc_now,
     wait_for_server_in_conf,
 )
 from tests.security_server.two_nodes import node_database
 
+__all__ = ["network"]  # the fixture, imported to be used here
+
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def network(fresh_db_url: str, tmp_path: Path) -> AsyncIterator[Network]:
-    async with running_network(fresh_db_url, tmp_path) as net:
-        yield net
 
 
 @pytest.fixture
