@@ -67,6 +67,16 @@ async def _stored(registry: Registry) -> list[int]:
     return sorted(v["version"] for v in await registry.store.list_versions(limit=1000))
 
 
+async def _assert_chain(registry: Registry, stored: list[int]) -> None:
+    """Each version kept names the digest of the one before it: the chain is intact."""
+    for version in stored[1:]:
+        this, before = (
+            await registry.store.get_version(version),
+            await registry.store.get_version(version - 1),
+        )
+        assert this.previous_digest == digest_of(before.document)
+
+
 async def _prune_audit(registry: Registry) -> list[dict[str, Any]]:
     return await registry.store.list_audit(action="globalconf.prune")
 
@@ -281,12 +291,7 @@ async def test_publishing_between_chunks_loses_nothing_and_keeps_the_chain(
     assert result.chunks == 4
     assert published == [10, 11, 12, 13]
     assert await _stored(registry) == [8, 9, 10, 11, 12, 13]
-    for version in range(9, 14):
-        this, before = (
-            await registry.store.get_version(version),
-            await registry.store.get_version(version - 1),
-        )
-        assert this.previous_digest == digest_of(before.document)
+    await _assert_chain(registry, [8, 9, 10, 11, 12, 13])
     # The publications did not start prunes of their own while this one ran.
     assert not [e for e in logs if e["event"] == "old global configuration versions pruned"]
     assert sum(_removed(r) for r in await _prune_audit(registry)) == 7
@@ -348,12 +353,7 @@ async def test_a_prune_from_another_process_in_chunks_beside_publications(
     assert result.removed + len(stored) == 16
     assert result.removed >= 10  # at least what was prunable before any of the four
     assert result.chunks == len(audited) >= 5
-    for version in stored[1:]:
-        this, before = (
-            await registry.store.get_version(version),
-            await registry.store.get_version(version - 1),
-        )
-        assert this.previous_digest == digest_of(before.document)
+    await _assert_chain(registry, stored)
 
 
 async def test_refuses_a_bad_chunk_size(registry: Registry) -> None:
@@ -401,12 +401,7 @@ async def test_concurrent_publishing_and_pruning_lose_and_break_nothing(registry
     audited = [_removed(e) for e in await _prune_audit(registry)]
     assert sum(audited) + len(stored) == 20
     assert removed <= sum(audited)
-    for version in stored[1:]:
-        this, before = (
-            await registry.store.get_version(version),
-            await registry.store.get_version(version - 1),
-        )
-        assert this.previous_digest == digest_of(before.document)
+    await _assert_chain(registry, stored)
 
 
 async def test_a_prune_waits_for_a_publication_in_another_process(registry: Registry) -> None:
