@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 import structlog
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -76,13 +75,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-async def _dead_url() -> str:
-    """The URL of a server that has just stopped, so nothing listens there."""
-    async with serve_app(web.Application()) as url:
-        pass
-    return url
-
-
 async def test_fetches_and_verifies_with_nonce(
     responder: OcspResponder,
     session: aiohttp.ClientSession,
@@ -104,9 +96,9 @@ async def test_fetches_and_verifies_with_nonce(
 async def test_reports_unreachable_responder(
     session: aiohttp.ClientSession, pki: FixturePki, member: Issued
 ) -> None:
-    url = await _dead_url()
+    url = await closed_url()
     with pytest.raises(OcspError, match="cannot reach the OCSP responder"):
-        await fetch_ocsp(session, url + "/", member.cert, pki.root.cert)
+        await fetch_ocsp(session, url, member.cert, pki.root.cert)
 
 
 async def test_reports_http_error_status(
@@ -148,7 +140,7 @@ async def test_refresher_backs_off_after_failures_and_recovers(
 ) -> None:
     clock = FakeClock()
     cache = OcspCache()
-    dead = OwnCertificate(member.cert, pki.root.cert, (await _dead_url() + "/",))
+    dead = OwnCertificate(member.cert, pki.root.cert, (await closed_url(),))
     refresher = OcspRefresher(
         session,
         [dead],
