@@ -68,6 +68,14 @@ async def post_directly(net: Network) -> Reply:
     return await post_exchange(net, signed_envelope(net, headers=())[1])
 
 
+async def assert_serving_once_the_responder_is_back(net: Network) -> None:
+    """The responder up again and the failed fetch's backoff (5 s) passed: exchanges go through."""
+    net.ocsp_down = False
+    net.clock.now += dt.timedelta(seconds=10)
+    refresh_staples(net)
+    await assert_still_serving(net)
+
+
 def served(reply: Reply) -> bool:
     if reply.status != 200 or reply.headers.get("Content-Type") != CONTENT_TYPE:
         return False
@@ -237,10 +245,7 @@ async def test_consumer_refuses_when_the_responder_is_down_and_nothing_is_cached
     again = await rest(net, CITIZEN_PATH)
     assert again.error == "Server.ClientProxy.CertValidation"
     assert net.ocsp_requests == asked
-    net.ocsp_down = False
-    net.clock.now += dt.timedelta(seconds=10)
-    refresh_staples(net)
-    await assert_still_serving(net)
+    await assert_serving_once_the_responder_is_back(net)
 
 
 async def test_provider_refuses_when_the_responder_is_down_and_nothing_is_cached(
@@ -360,10 +365,7 @@ async def test_refusal_names_every_responder_when_all_fail_and_backs_off_for_all
     assert again.error == "Server.ClientProxy.CertValidation"
     assert net.ocsp_requests == 1
     # after it the whole list is asked again, and the second responder serves
-    net.ocsp_down = False
-    net.clock.now += dt.timedelta(seconds=10)
-    refresh_staples(net)
-    await assert_still_serving(net)
+    await assert_serving_once_the_responder_is_back(net)
 
 
 # ---- the responder that answered last is asked first ----------------------------------------
