@@ -26,7 +26,7 @@ import itertools
 import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import asyncpg
@@ -1220,6 +1220,8 @@ class RegistryStore:
             )
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValidationError(f"chunk_size {chunk_size!r} must be a whole number, at least 1")
+        if guard is None:
+            guard = nullcontext()
         details: dict[str, Any] = {
             "keep_versions": keep_versions,
             "keep_since": _iso(keep_since),
@@ -1241,7 +1243,7 @@ class RegistryStore:
             "version <= $4 ORDER BY version LIMIT $5)"
         )
         if dry_run:
-            async with _entered(guard), self.pool.acquire() as reader, reader.transaction():
+            async with guard, self.pool.acquire() as reader, reader.transaction():
                 (row,) = await reader.fetch(
                     f"WITH pruned AS (SELECT version, generated_at {selection}) {summary}",
                     keep_versions,
@@ -1255,7 +1257,7 @@ class RegistryStore:
         bound: int | None = None  # the newest version prunable when the run started
         for chunk in itertools.count(1):
             async with (
-                _entered(guard),
+                guard,
                 self._write(
                     actor, "globalconf.prune", details, changes_conf=False, audited=False
                 ) as conn,
@@ -1397,15 +1399,6 @@ def _least(a: _Ordered | None, b: _Ordered | None) -> _Ordered | None:
 
 def _most(a: _Ordered | None, b: _Ordered | None) -> _Ordered | None:
     return b if a is None else a if b is None else max(a, b)
-
-
-@asynccontextmanager
-async def _entered(guard: AbstractAsyncContextManager[Any] | None) -> AsyncIterator[None]:
-    if guard is None:
-        yield
-    else:
-        async with guard:
-            yield
 
 
 async def _audit_row(conn: Connection, actor: str, action: str, details: dict[str, Any]) -> None:
