@@ -1233,9 +1233,12 @@ class RegistryStore:
             "  ) AS newest"
             ") AND generated_at < $2 AND expires_at <= $3"
         )
+        # ``kept``: the table as the statement found it (a DELETE in its WITH is not seen by
+        # the rest of the statement) less what ``pruned`` holds.
         summary = (
             "SELECT count(*) AS count, min(version) AS oldest, max(version) AS newest, "
-            "min(generated_at) AS oldest_at, max(generated_at) AS newest_at FROM pruned"
+            "min(generated_at) AS oldest_at, max(generated_at) AS newest_at, "
+            "(SELECT count(*) FROM globalconf_versions) - count(*) AS kept FROM pruned"
         )
         # The oldest ``$5`` prunable versions up to ``$4``.
         oldest_chunk = (
@@ -1243,15 +1246,14 @@ class RegistryStore:
             "version <= $4 ORDER BY version LIMIT $5)"
         )
         if dry_run:
-            async with guard, self.pool.acquire() as reader, reader.transaction():
-                (row,) = await reader.fetch(
+            async with guard:
+                (row,) = await self._fetch(
                     f"WITH pruned AS (SELECT version, generated_at {selection}) {summary}",
                     keep_versions,
                     keep_since,
                     now,
                 )
-                total = await reader.fetchval("SELECT count(*) FROM globalconf_versions")
-            return _prune_result(row, kept=total - row["count"], dry_run=True)
+            return _prune_result(row, dry_run=True)
 
         run: PruneResult | None = None
         bound: int | None = None  # the newest version prunable when the run started
@@ -1286,8 +1288,7 @@ class RegistryStore:
                     now,
                     bound,
                 )
-                kept = await conn.fetchval("SELECT count(*) FROM globalconf_versions")
-                part = _prune_result(row, kept=kept, dry_run=False)
+                part = _prune_result(row, dry_run=False)
                 if part.removed:
                     run = part if run is None else run.add(part)
                     await _audit_row(
@@ -1377,14 +1378,14 @@ class RegistryStore:
         ]
 
 
-def _prune_result(row: asyncpg.Record, *, kept: int, dry_run: bool) -> PruneResult:
+def _prune_result(row: asyncpg.Record, *, dry_run: bool) -> PruneResult:
     return PruneResult(
         removed=row["count"],
         oldest_version=row["oldest"],
         newest_version=row["newest"],
         oldest_generated_at=row["oldest_at"],
         newest_generated_at=row["newest_at"],
-        kept=kept,
+        kept=row["kept"],
         dry_run=dry_run,
         chunks=1 if row["count"] and not dry_run else 0,
     )
