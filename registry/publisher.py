@@ -287,36 +287,22 @@ class Publisher:
         Each chunk of ``prune_chunk`` versions holds the publishing lock; ``after_chunk`` is
         awaited between chunks, with the lock released.
         """
-        if dry_run:
-            async with self._lock:
-                return await self._prune_old_versions(actor, dry_run=True)
-        self._prunes_running += 1
+        running = not dry_run  # a dry run does not hold back the prune after a publication
+        self._prunes_running += running
         try:
-            return await self._prune_old_versions(
-                actor, dry_run=False, guard=self._lock, after_chunk=after_chunk
+            return await prune_old_versions(
+                self.store,
+                actor=actor,
+                keep_versions=self.keep_versions,
+                keep_days=self.keep_days,
+                now=self.clock(),
+                dry_run=dry_run,
+                chunk_size=self.prune_chunk,
+                guard=self._lock,
+                after_chunk=after_chunk,
             )
         finally:
-            self._prunes_running -= 1
-
-    async def _prune_old_versions(
-        self,
-        actor: str,
-        *,
-        dry_run: bool,
-        guard: contextlib.AbstractAsyncContextManager[Any] | None = None,
-        after_chunk: Callable[[PruneResult], Awaitable[None]] | None = None,
-    ) -> PruneResult:
-        return await prune_old_versions(
-            self.store,
-            actor=actor,
-            keep_versions=self.keep_versions,
-            keep_days=self.keep_days,
-            now=self.clock(),
-            dry_run=dry_run,
-            chunk_size=self.prune_chunk,
-            guard=guard,
-            after_chunk=after_chunk,
-        )
+            self._prunes_running -= running
 
     async def _prune_after_publishing(self) -> None:
         if self._prunes_running:
