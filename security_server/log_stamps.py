@@ -32,6 +32,7 @@ from gateway.log_record import LogIntegrityError, RecordTimestamp, TimestampBatc
 from gateway.transport import decode_proof
 
 __all__ = [
+    "OLDEST_WAITING",
     "STAMP_COLUMNS",
     "STAMP_JOIN",
     "TIMESTAMPED_THROUGH",
@@ -40,6 +41,12 @@ __all__ = [
 
 #: The last timestamped record's seq (0 when none is), as a scalar SQL expression.
 TIMESTAMPED_THROUGH: Final = "(SELECT message_log_timestamped_through())"
+
+#: The log time of the oldest record waiting for a timestamp (no row when none is).
+OLDEST_WAITING: Final = (
+    f"SELECT logged_at FROM message_log WHERE seq > {TIMESTAMPED_THROUGH} "  # noqa: S608
+    "ORDER BY seq LIMIT 1"
+)
 
 #: Columns a reader adds to its select list: the record's own (pre-0004) batch and proof, and
 #: the batch that may cover it.

@@ -73,6 +73,7 @@ from security_server.log_evidence import (
     resolve,
 )
 from security_server.log_stamps import (
+    OLDEST_WAITING,
     STAMP_COLUMNS,
     STAMP_JOIN,
     TIMESTAMPED_THROUGH,
@@ -221,10 +222,7 @@ class PostgresMessageLog:
             await self._timestamper.refresh()
         else:
             token = self._state.refresh_started()
-            oldest = await self._fetchval(
-                f"SELECT logged_at FROM message_log WHERE seq > {TIMESTAMPED_THROUGH} "  # noqa: S608
-                "ORDER BY seq LIMIT 1"
-            )
+            oldest = await self._fetchval(OLDEST_WAITING)
             assert oldest is None or isinstance(oldest, dt.datetime)
             self._state.refreshed(token, oldest)
         self._closing = False

@@ -42,7 +42,7 @@ from certs.tsa import TimestampError, verify_token
 from config.errors import JisrError, StorageError
 from gateway import log_record
 from gateway.hash_tree import MAX_LEAVES, Tree
-from security_server.log_stamps import TIMESTAMPED_THROUGH
+from security_server.log_stamps import OLDEST_WAITING, TIMESTAMPED_THROUGH
 from security_server.runtime import Clock, ConfSource, utc_now
 from storage.errors import DATABASE_ERRORS, expire_if_lost
 from storage.sessions import session_changed
@@ -55,12 +55,8 @@ __all__ = [
     "TimestampingState",
 ]
 
-#: The oldest record waiting for a timestamp (``docs/message-log.md``: the stamped records
-#: are always the start of the log, up to ``message_log_timestamped_through()``).
-_OLDEST_WAITING: Final = (
-    f"SELECT logged_at FROM message_log WHERE seq > {TIMESTAMPED_THROUGH} "  # noqa: S608
-    "ORDER BY seq LIMIT 1"
-)
+#: The records waiting for a timestamp, oldest first (``docs/message-log.md``: the stamped
+#: records are always the start of the log, up to ``message_log_timestamped_through()``).
 _WAITING: Final = (
     f"SELECT seq, record_hash FROM message_log WHERE seq > {TIMESTAMPED_THROUGH} "  # noqa: S608
     "ORDER BY seq LIMIT $1"
@@ -207,7 +203,7 @@ class Timestamper:
         """Read the oldest untimestamped record's log time from the database."""
         token = self.state.refresh_started()
         try:
-            oldest = await self._pool.fetchval(_OLDEST_WAITING)
+            oldest = await self._pool.fetchval(OLDEST_WAITING)
         except DATABASE_ERRORS as exc:
             await expire_if_lost(self._pool, exc)
             raise StorageError(
