@@ -56,9 +56,14 @@ def load_migrations(package: str) -> list[Migration]:
 async def apply_migrations(
     conn: asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
     package: str,
+    *,
+    before: int | None = None,
 ) -> list[str]:
-    """Apply the pending migrations of ``package``; return the names applied."""
-    migrations = load_migrations(package)
+    """Apply the pending migrations of ``package``; return the names applied.
+
+    ``before``: apply only the migrations numbered below it (a schema as an older release left
+    it, for upgrade tests)."""
+    migrations = [m for m in load_migrations(package) if before is None or m.version < before]
     applied_now: list[str] = []
     session_changed(conn)
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)

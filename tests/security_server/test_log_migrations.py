@@ -12,32 +12,15 @@ from gateway.hash_tree import verify_proof
 from gateway.log_record import GENESIS_HASH, LogRecord, batch_tree, timestamp_leaf, verify_chain
 from gateway.transport import encode_proof
 from security_server.message_log import COPY_COLUMNS, PostgresMessageLog, copy_row
-from storage.migrations import apply_migrations, load_migrations
+from storage.migrations import apply_migrations
 from tests.security_server.test_message_log import LOG_MIGRATIONS, NODE, Clock, make_entry
 
 pytestmark = pytest.mark.postgres
 
-_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
-    package text NOT NULL, version integer NOT NULL, name text NOT NULL,
-    checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (package, version))"""
-
 
 async def schema_before(conn: asyncpg.Connection, version: int) -> None:
     """The log's tables as a node before migration ``version`` left them."""
-    await conn.execute(_MIGRATIONS_TABLE)
-    for migration in load_migrations(LOG_MIGRATIONS):
-        if migration.version >= version:
-            break
-        await conn.execute(migration.sql)
-        await conn.execute(
-            "INSERT INTO schema_migrations (package, version, name, checksum) "
-            "VALUES ($1, $2, $3, $4)",
-            LOG_MIGRATIONS,
-            migration.version,
-            migration.name,
-            migration.checksum,
-        )
+    await apply_migrations(conn, LOG_MIGRATIONS, before=version)
 
 
 async def _write_old_records(conn: asyncpg.Connection, count: int) -> list[LogRecord]:

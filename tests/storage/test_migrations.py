@@ -26,6 +26,21 @@ async def test_applies_in_order_once_and_records_them(fresh_db_url: str) -> None
         await conn.close()
 
 
+async def test_applies_only_the_migrations_before_a_version_then_the_rest(
+    fresh_db_url: str,
+) -> None:
+    conn = await asyncpg.connect(fresh_db_url)
+    try:
+        assert await apply_migrations(conn, PKG, before=2) == ["0001_create_things.sql"]
+        with pytest.raises(asyncpg.UndefinedColumnError):
+            await conn.execute("INSERT INTO things (name, colour) VALUES ('a', 'red')")
+        assert await apply_migrations(conn, PKG) == ["0002_add_colour.sql"]
+        rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        assert [r["version"] for r in rows] == [1, 2]
+    finally:
+        await conn.close()
+
+
 async def test_refuses_a_changed_migration(
     fresh_db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
