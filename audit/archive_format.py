@@ -928,12 +928,6 @@ def _record_time(text: object) -> dt.datetime:
     return dt.datetime.fromisoformat(text[:-1]).replace(tzinfo=dt.UTC)
 
 
-def _role_of(record: LogRecord | ArchiveRecord) -> Role:
-    if isinstance(record, ArchiveRecord):
-        return record.role
-    return "request" if record.entry.is_request else "response"
-
-
 def archived_message(record: LogRecord | ArchiveRecord) -> ArchivedMessage:
     """A timestamped log record as the evidence files a container holds for it."""
     item = ArchiveRecord.of(record)
