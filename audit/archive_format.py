@@ -51,7 +51,14 @@ from gateway.asic import (
 )
 from gateway.canonical import canonical_json
 from gateway.globalconf import GlobalConf
-from gateway.log_record import CONSUMER_DIRECTIONS, Direction, LogRecord, chain_hash
+from gateway.log_record import (
+    CONSUMER_DIRECTIONS,
+    DIRECTIONS,
+    REQUEST_DIRECTIONS,
+    Direction,
+    LogRecord,
+    chain_hash,
+)
 from gateway.transport import decode_proof, encode_proof, root_content, utc_time_formatter
 
 ARCHIVE_FORMAT: Final = "jisr-archive/1"
@@ -730,10 +737,6 @@ class ExchangeEvidence:
         return next((m for m in self.messages if m.role == role), None)
 
 
-_REQUEST_DIRECTIONS: Final = frozenset({"request_out", "request_in"})
-_DIRECTIONS: Final = frozenset({"request_out", "response_in", "request_in", "response_out"})
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class ArchiveRecord:
     """A timestamped log record in the form an archive needs.
@@ -772,7 +775,7 @@ class ArchiveRecord:
 
     @property
     def is_request(self) -> bool:
-        return self.direction in _REQUEST_DIRECTIONS
+        return self.direction in REQUEST_DIRECTIONS
 
     @property
     def role(self) -> Role:
@@ -896,7 +899,7 @@ class ArchiveRecord:
             not isinstance(value.seq, int)
             or isinstance(value.seq, bool)
             or value.seq < 1
-            or value.direction not in _DIRECTIONS
+            or value.direction not in DIRECTIONS
             or not isinstance(value.message_id, str)
             or not isinstance(value.conf_version, int)
             or not all(isinstance(v, str | None) for v in (value.user_id, value.issue))

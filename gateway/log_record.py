@@ -69,8 +69,9 @@ Protocol = Literal["REST", "SOAP"]
 #: Directions logged by the consumer's node (its client proxy) and by the provider's node.
 CONSUMER_DIRECTIONS: Final = frozenset({"request_out", "response_in"})
 PROVIDER_DIRECTIONS: Final = frozenset({"request_in", "response_out"})
-_DIRECTIONS: Final = frozenset(get_args(Direction))
-_REQUEST_DIRECTIONS: Final = frozenset({"request_out", "request_in"})
+DIRECTIONS: Final = frozenset(get_args(Direction))
+#: Directions of a request (the other two are of its response).
+REQUEST_DIRECTIONS: Final = frozenset({"request_out", "request_in"})
 _HEX64_RE: Final = re.compile(r"[0-9a-f]{64}")
 _TIME_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 
@@ -121,8 +122,8 @@ class LogEntry:
     def __post_init__(self) -> None:
         # Cheap structural checks only: the content checks are check_entry's, so that a
         # tampered record can still be read and reported instead of failing to load.
-        if self.direction not in _DIRECTIONS:
-            raise ValueError(f"direction {self.direction!r} is not one of {sorted(_DIRECTIONS)}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction {self.direction!r} is not one of {sorted(DIRECTIONS)}")
         if self.protocol not in ("REST", "SOAP"):
             raise ValueError(f"protocol {self.protocol!r} is neither REST nor SOAP")
         if self.created_at.tzinfo is None:
@@ -136,7 +137,7 @@ class LogEntry:
             raise ValueError("the message id must be a non-empty string")
         if not _HEX64_RE.fullmatch(self.body_digest):
             raise ValueError("body_digest must be 64 lower-case hex digits (SHA-256)")
-        if (self.request_hash is None) != (self.direction in _REQUEST_DIRECTIONS):
+        if (self.request_hash is None) != (self.direction in REQUEST_DIRECTIONS):
             raise ValueError("a response entry needs its request_hash; a request entry has none")
         if isinstance(self.conf_version, bool) or not isinstance(self.conf_version, int):
             raise ValueError("conf_version must be an integer")
@@ -144,7 +145,7 @@ class LogEntry:
 
     @property
     def is_request(self) -> bool:
-        return self.direction in _REQUEST_DIRECTIONS
+        return self.direction in REQUEST_DIRECTIONS
 
     @classmethod
     def for_message(
