@@ -46,6 +46,7 @@ from typing import Any, Final
 import aiohttp
 import asyncpg
 
+from bench import process_stats
 from bench.errors import BenchError
 
 DEFAULT_EXCHANGES: Final = 5000
@@ -245,10 +246,7 @@ async def fill(
 
 
 def _rss_bytes() -> int:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        fields = Path("/proc/self/statm").read_text().split()
-        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
-    return 0
+    return process_stats.rss_bytes(os.getpid()) or 0
 
 
 def _cpu() -> float:
