@@ -367,6 +367,17 @@ async def test_records_stored_inline_or_by_digest_give_the_same_archives(
     assert report.ok, report.failures()
 
 
+async def _pass_stops(node: Node, match: str) -> None:
+    """A pass over the stored columns of a changed log, once its period is closed, fails with
+    ``match`` and leaves nothing: no record marked archived, no file in the archive directory."""
+    node.clock.now = START + 3 * HOUR
+    archiver = node.archiver(rows=PostgresArchiveRows(node.pool))
+    with pytest.raises(ArchiverError, match=match):
+        await archiver.archive_once()
+    assert await node.log.archived_through() == 0
+    assert not list(node.archive_dir.glob("*"))
+
+
 async def test_a_changed_certificate_stops_the_pass(node: Node) -> None:
     await node.exchanges(1, START + dt.timedelta(minutes=10))
     async with node.pool.acquire() as conn:
@@ -378,12 +389,7 @@ async def test_a_changed_certificate_stops_the_pass(node: Node) -> None:
             "WHERE digest = (SELECT certificate_digests[1] FROM message_log WHERE seq = 2)"
         )
         assert changed == "UPDATE 1"
-    node.clock.now = START + 3 * HOUR
-    archiver = node.archiver(rows=PostgresArchiveRows(node.pool))
-    with pytest.raises(ArchiverError, match="record 2 names as SHA-256"):
-        await archiver.archive_once()
-    assert await node.log.archived_through() == 0
-    assert not list(node.archive_dir.glob("*"))
+    await _pass_stops(node, "record 2 names as SHA-256")
 
 
 async def test_stored_columns_stop_at_the_first_record_waiting_for_a_timestamp(node: Node) -> None:
@@ -436,8 +442,7 @@ async def test_a_held_back_period_is_not_started_when_the_waiting_record_is_know
 
 async def test_a_changed_stored_record_stops_the_pass(node: Node) -> None:
     await node.exchanges(1, START + dt.timedelta(minutes=10))
-    pool = node.pool
-    async with pool.acquire() as conn:
+    async with node.pool.acquire() as conn:
         # What an intruder with database rights could do: the append-only trigger is theirs
         # to drop.
         await conn.execute("ALTER TABLE message_log DISABLE TRIGGER USER")
@@ -445,12 +450,7 @@ async def test_a_changed_stored_record_stops_the_pass(node: Node) -> None:
             "UPDATE message_log SET record = convert_to(replace(convert_from(record, 'UTF8'), "
             "'case-0', 'case-9'), 'UTF8') WHERE seq = 1"
         )
-    node.clock.now = START + 3 * HOUR
-    archiver = node.archiver(rows=PostgresArchiveRows(pool))
-    with pytest.raises(ArchiverError, match="record 1 of the message log cannot be archived"):
-        await archiver.archive_once()
-    assert await node.log.archived_through() == 0
-    assert not list(node.archive_dir.glob("*"))
+    await _pass_stops(node, "record 1 of the message log cannot be archived")
 
 
 async def test_records_that_do_not_chain_are_not_archived(node: Node) -> None:
