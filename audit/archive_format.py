@@ -1281,10 +1281,6 @@ class ArchiveBuilder:
         self._open.clear()
         self._writer.discard()
 
-    def add_all(self, records: Iterable[LogRecord | ArchiveRecord]) -> None:
-        for record in records:
-            self.add(record)
-
     def _write(self, group: list[ArchiveRecord]) -> None:
         name = container_name(group[0].seq)
         data = build_exchange_container(group, modified=self._created_at)
@@ -1365,7 +1361,8 @@ def write_archive(
     Returns the linking file and its bytes (whose SHA-256 the next archive names).
     """
     builder = ArchiveBuilder(fileobj, created_at=created_at)
-    builder.add_all(records)
+    for record in records:
+        builder.add(record)
     return builder.finish(
         sequence=sequence,
         previous=previous,
