@@ -153,7 +153,7 @@ _GOOD_NAMES_MAX: Final = 4096
 
 def check_name(name: str) -> str:
     """Refuse an entry name that could escape a directory or be read two ways."""
-    if name in _GOOD_NAMES and type(name) is str:
+    if type(name) is str and name in _GOOD_NAMES:  # a list or dict is not hashable
         return name
     if (
         not isinstance(name, str)

@@ -19,6 +19,7 @@ from gateway.asic import (
     AsicEntry,
     AsicError,
     build_container,
+    check_name,
     manifest_xml,
     parse_container,
 )
@@ -124,6 +125,12 @@ def test_refuses_manifest_with_doctype() -> None:
 def test_refuses_names_that_could_escape_a_directory(name: str) -> None:
     with pytest.raises(AsicError, match="is not allowed"):
         AsicEntry(name, b"x")
+
+
+@pytest.mark.parametrize("name", [["a"], {"a": 1}, b"a", 1])
+def test_refuses_names_that_are_not_text(name: object) -> None:
+    with pytest.raises(AsicError, match="is not allowed"):
+        check_name(name)  # type: ignore[arg-type]
 
 
 def test_refuses_zip_slip_name_inside_a_container() -> None:
