@@ -235,10 +235,11 @@ class Publisher:
             self._signers[key.key_id] = signer
         return signer
 
-    async def publish(self) -> ConfVersion:
+    async def publish(self, *, prune: bool = True) -> ConfVersion:
         """Build, sign and store the next version now, whether or not anything changed.
 
-        Old versions are pruned afterwards; a pruning failure is only logged.
+        With ``prune``, old versions are pruned before this returns; a pruning failure is
+        only logged. :meth:`run` passes ``prune=False`` and prunes in a task of its own.
         """
         async with self._lock:
             content = await self.store.conf_content()
@@ -272,7 +273,8 @@ class Publisher:
             signing_key=active.key_id,
         )
         self.published.set()
-        await self._prune_after_publishing()
+        if prune:
+            await self._prune_after_publishing()
         return version
 
     async def prune(
@@ -328,29 +330,52 @@ class Publisher:
         else:
             log.debug("no global configuration version to prune", kept=result.kept)
 
-    async def publish_if_due(self) -> ConfVersion | None:
-        """Publish when the content changed or the latest version is ``interval`` old."""
+    async def publish_if_due(self, *, prune: bool = True) -> ConfVersion | None:
+        """Publish when the content changed or the latest version is ``interval`` old
+        (``prune`` as for :meth:`publish`)."""
         latest = await self.store.latest_version()
         if latest is not None:
             serial = (await self.store.settings()).change_serial
             age = self.clock() - latest.generated_at
             if serial <= latest.change_serial and age < self.interval:
                 return None
-        return await self.publish()
+        return await self.publish(prune=prune)
 
     async def run(self) -> None:
-        """Publish forever; errors are logged and retried on the next tick, never fatal."""
-        while True:
-            self._changed.clear()
-            try:
-                await self.publish_if_due()
-            except JisrError as exc:
-                log.error("global configuration not published", error=str(exc))
-            except Exception as exc:  # a bug must not stop publishing for good; retried
-                # Logged without the traceback's local variables, which hold key material.
-                log.error(
-                    "global configuration not published (unexpected error)",
-                    error=f"{type(exc).__name__}: {exc}",
+        """Publish forever; errors are logged and retried on the next tick, never fatal.
+
+        Old versions are pruned by a task of its own, once at the start and after each
+        publication (never two at a time), so that a long prune (a backlog after an upgrade)
+        holds the next publication up for at most one chunk, not until it ends.
+        """
+        pruning: asyncio.Task[None] | None = None
+
+        def prune_in_background() -> None:
+            nonlocal pruning
+            if pruning is None or pruning.done():
+                pruning = asyncio.create_task(
+                    self._prune_after_publishing(), name="globalconf-prune"
                 )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=self.poll_s)
+
+        try:
+            prune_in_background()
+            while True:
+                self._changed.clear()
+                try:
+                    if await self.publish_if_due(prune=False) is not None:
+                        prune_in_background()
+                except JisrError as exc:
+                    log.error("global configuration not published", error=str(exc))
+                except Exception as exc:  # a bug must not stop publishing for good; retried
+                    # Logged without the traceback's local variables, which hold key material.
+                    log.error(
+                        "global configuration not published (unexpected error)",
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=self.poll_s)
+        finally:
+            if pruning is not None:
+                pruning.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pruning

@@ -178,9 +178,10 @@ async def running_registry(
         clock=clock,
     )
     store.on_change = publisher.notify_change
-    # Publish once before serving, so that /globalconf/current answers from the first request.
+    # Publish once before serving, so that /globalconf/current answers from the first request;
+    # old versions are pruned by the publisher's task, not before serving.
     try:
-        await publisher.publish_if_due()
+        await publisher.publish_if_due(prune=False)
     except JisrError as exc:
         # Serve the last good version meanwhile; the task retries and logs on every tick.
         log.error("global configuration not published at start-up", error=str(exc))

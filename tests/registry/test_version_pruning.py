@@ -7,12 +7,13 @@ long the test takes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -615,3 +616,67 @@ async def test_cli_prune_dry_run_then_prune(
     assert refused.returncode == 1
     assert "conf_keep_versions 0 must be at least 1" in refused.stderr
     assert await _stored(registry) == [4, 5]
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait until ``condition`` holds; a bound against hanging, not a timing check."""
+
+    async def poll() -> None:
+        while not await condition():  # noqa: ASYNC110 (polls the database)
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), timeout=60)
+    except TimeoutError:
+        pytest.fail(f"never happened: {what}")
+
+
+async def test_the_publisher_task_publishes_while_its_prune_is_under_way(
+    registry: Registry,
+) -> None:
+    """The running publisher prunes in a task of its own: a prune waiting between two chunks
+    does not hold back the next publication."""
+    clock = Clock()
+    publisher = registry.publisher
+    _retain(publisher, clock, keep_versions=1, keep_days=0)
+    publisher.prune_chunk = 2
+    for _ in range(6):
+        await publisher.publish()
+    clock.advance(days=30)  # versions 1-6 have expired; the next publication is due
+
+    between_chunks, go_on = asyncio.Event(), asyncio.Event()
+    plain_prune = publisher.prune
+
+    async def held_between_chunks(**options: Any) -> PruneResult:
+        async def after_chunk(_done: PruneResult) -> None:
+            between_chunks.set()
+            await go_on.wait()
+
+        return await plain_prune(after_chunk=after_chunk, **options)
+
+    publisher.prune = held_between_chunks  # type: ignore[method-assign]
+    task = asyncio.create_task(publisher.run())
+    try:
+        await _until(lambda: _latest_is(registry, 7), "the publication at the start")
+        await asyncio.wait_for(between_chunks.wait(), timeout=60)
+        # The prune holds between chunks; a publication falls due and goes through.
+        clock.advance(minutes=5)
+        publisher.notify_change()
+        await _until(lambda: _latest_is(registry, 8), "a publication during the prune")
+        assert not go_on.is_set()
+        go_on.set()
+        # It removes what was prunable when it started (before version 7: versions 1-5).
+        await _until(lambda: _stored_are(registry, [6, 7, 8]), "the prune's end")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _latest_is(registry: Registry, version: int) -> bool:
+    latest = await registry.store.latest_version()
+    return latest is not None and latest.version == version
+
+
+async def _stored_are(registry: Registry, versions: list[int]) -> bool:
+    return await _stored(registry) == versions
