@@ -231,9 +231,7 @@ def build_archiver(
     """
     from security_server.archiver import Archiver, ConfHistory, PostgresArchiveRows
 
-    ns = settings.node
-    if ns.archive_period not in ("hour", "day"):
-        raise ConfigError(f"archive_period {ns.archive_period!r} must be hour or day")
+    ns = settings.node  # archive_period is checked when the settings are loaded
     # archive_interval_s = 0: no archiver in the node (``jisr node archive --every``).
     interval_s = float(ns.archive_interval_s or DEFAULT_ARCHIVE_INTERVAL_S)
     history = ConfHistory(
