@@ -5,7 +5,6 @@ was cut off is never sent again (it may have been committed)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -17,6 +16,7 @@ from asyncpg import exceptions as pg
 from gateway.faults import FaultError
 from gateway.log_record import verify_chain
 from security_server.message_log import PostgresMessageLog
+from tests.databases import table_held, until_a_session_waits_for
 from tests.security_server.test_message_log import NODE, Clock, make_entry, open_log_pool
 
 pytestmark = pytest.mark.postgres
@@ -137,34 +137,13 @@ async def test_a_write_committed_before_its_connection_was_lost_is_a_success(
     assert await _stored(pool) == ["m-1", "m-2"]
 
 
-@contextlib.asynccontextmanager
-async def _log_table_held(url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(url)
-    try:
-        async with conn.transaction():
-            await conn.execute("LOCK TABLE message_log IN SHARE ROW EXCLUSIVE MODE")
-            yield conn
-    finally:
-        await conn.close()
-
-
-async def _until_a_write_waits(holder: asyncpg.Connection) -> None:
-    for _ in range(500):
-        if await holder.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'message_log'::regclass"
-        ):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the write never waited for the held table lock")
-
-
 async def test_a_write_cut_off_by_a_lost_connection_is_not_sent_again(
     log: PostgresMessageLog, flaky: FlakyPool, pool: asyncpg.Pool, fresh_db_url: str
 ) -> None:
     await log.record(make_entry("m-1"))
-    async with _log_table_held(fresh_db_url) as holder:
+    async with table_held(fresh_db_url, "message_log") as holder:
         cut = asyncio.create_task(log.record(make_entry("m-2", direction="request_in")))
-        await _until_a_write_waits(holder)
+        await until_a_session_waits_for(holder, "message_log")
         round_trips = log.write_round_trips
         await holder.execute(
             "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "

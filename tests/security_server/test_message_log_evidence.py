@@ -5,11 +5,9 @@ values no record names any more, and the writer's failures."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -18,6 +16,7 @@ from gateway.faults import FaultError
 from gateway.log_record import LogEntry, LogIntegrityError, verify_chain
 from security_server.log_evidence import StoredEvidence, resolve
 from security_server.message_log import PostgresMessageLog
+from tests.databases import table_held, until_a_session_waits_for
 from tests.pki_factory import NOW
 from tests.security_server.test_message_log import (
     NODE,
@@ -285,27 +284,6 @@ def test_the_writers_memory_is_bounded_and_keeps_what_is_used() -> None:
 # --- the writer's failures ----------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def _table_held(url: str, table: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(url)
-    try:
-        async with conn.transaction():
-            await conn.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
-            yield conn
-    finally:
-        await conn.close()
-
-
-async def _until_a_write_waits(holder: asyncpg.Connection, table: str) -> None:
-    for _ in range(500):
-        if await holder.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = $1::regclass", table
-        ):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"no write ever waited for the held lock on {table}")
-
-
 async def _kill_others(holder: asyncpg.Connection) -> None:
     await holder.execute(
         "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
@@ -333,9 +311,9 @@ async def test_evidence_whose_connection_was_lost_is_stored_again_with_its_batch
 ) -> None:
     """No record was sent: the batch goes once more on a new connection, values first."""
     entry = make_entry("m-1")
-    async with _table_held(fresh_db_url, "log_evidence") as holder:
+    async with table_held(fresh_db_url, "log_evidence") as holder:
         write = asyncio.create_task(log.record(entry))
-        await _until_a_write_waits(holder, "log_evidence")
+        await until_a_session_waits_for(holder, "log_evidence")
         await _kill_others(holder)
     await write
     assert log.write_round_trips == 2
@@ -354,7 +332,7 @@ async def test_evidence_that_may_not_be_stored_is_not_assumed_stored(
     async with PostgresMessageLog(pool, NODE, clock=clock, write_timeout_s=0.5) as log:
         await log.record(make_entry("m-1"))
         assert log.evidence_round_trips == 1
-        async with _table_held(fresh_db_url, "log_evidence"):
+        async with table_held(fresh_db_url, "log_evidence"):
             with pytest.raises(FaultError):
                 await log.record(renewed(make_entry("m-2")))
         assert log.evidence_round_trips == 2
@@ -375,9 +353,9 @@ async def test_a_cut_off_record_write_leaves_stored_evidence_and_forgets_it(
     """The values were stored, the ``COPY`` naming them was cut off: the values stay (the
     retention job removes them if nothing names them), and the next batch stores them again
     rather than trust a memory kept across a failure."""
-    async with _table_held(fresh_db_url, "message_log") as holder:
+    async with table_held(fresh_db_url, "message_log") as holder:
         cut = asyncio.create_task(log.record(make_entry("m-1")))
-        await _until_a_write_waits(holder, "message_log")
+        await until_a_session_waits_for(holder, "message_log")
         assert log.evidence_round_trips == 1
         await _kill_others(holder)
     with pytest.raises(FaultError):

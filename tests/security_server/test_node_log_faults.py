@@ -6,9 +6,7 @@ ends up timestamped once the TSA is back."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -19,6 +17,7 @@ from gateway.faults import SERVER_PROXY, FaultError
 from gateway.log_record import verify_chain
 from security_server.message_log import PostgresMessageLog
 from security_server.node import RunningNode
+from tests.databases import table_held, until_a_session_waits_for
 from tests.security_server.test_node_log_network import (
     Answer,
     LogNetwork,
@@ -64,32 +63,6 @@ async def _until_queued(node: RunningNode, records: int) -> None:
     raise AssertionError(f"{records} records never queued behind the waiting write")
 
 
-async def _until_a_log_write_waits(conn: asyncpg.Connection) -> None:
-    for _ in range(600):
-        waiting = await conn.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted "
-            "AND relation = 'message_log'::regclass AND database = "
-            "(SELECT oid FROM pg_database WHERE datname = current_database())"
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("no message-log write ever waited for the held table lock")
-
-
-@contextlib.asynccontextmanager
-async def _log_table_held(db: NodeDatabase) -> AsyncIterator[asyncpg.Connection]:
-    """Hold a lock that makes every write to the log wait, so that writes are surely under way
-    when the connections are killed."""
-    conn = await asyncpg.connect(db.url)
-    try:
-        async with conn.transaction():
-            await conn.execute("LOCK TABLE message_log IN SHARE ROW EXCLUSIVE MODE")
-            yield conn
-    finally:
-        await conn.close()
-
-
 async def _check_chain(db: NodeDatabase, node: RunningNode) -> None:
     records = await PostgresMessageLog(db.pool, node.runtime.server_id).read_records()
     assert [r.seq for r in records] == list(range(1, len(records) + 1))
@@ -122,9 +95,9 @@ async def test_killing_a_nodes_database_connections_mid_load_loses_no_answered_e
 
         # Round 1: one write is surely under way when the connections die, and the records of
         # the other exchanges wait behind it for the next batch.
-        async with _log_table_held(db) as holder:
+        async with table_held(db.url, "message_log") as holder:
             first = asyncio.create_task(net.call(consumer))
-            await _until_a_log_write_waits(holder)
+            await until_a_session_waits_for(holder, "message_log")
             calls = [asyncio.create_task(net.call(consumer)) for _ in range(CONCURRENT - 1)]
             await _until_queued(node, CONCURRENT - 1)
             assert await _terminate_connections(db, holder) >= 1
