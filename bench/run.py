@@ -76,6 +76,8 @@ class Measurement:
     cpu_s: float | None
     peak_rss_mb: dict[str, float]
     beside_cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: CPU seconds of each measured process tree (name → seconds); they add up to ``cpu_s``.
+    process_cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def cpu_s_per_1k(self) -> float | None:
@@ -104,7 +106,7 @@ async def measure(
     pids = route.measured
     beside_before = {name: cpu_snapshot([pid]) for name, pid in route.beside.items()}
     async with PeakRss(pids) as rss:
-        before = cpu_snapshot(pids.values())
+        before = {name: cpu_snapshot([pid]) for name, pid in pids.items()}
         load = await run_load(
             children,
             spec,
@@ -114,17 +116,19 @@ async def measure(
             warmup_s=options.warmup_s,
             processes=options.loadgen_processes,
         )
-        after = cpu_snapshot(pids.values())
-    cpu = cpu_between(before, after) if pids else None
+        process_cpu = {
+            name: cpu_between(before[name], cpu_snapshot([pid])) for name, pid in pids.items()
+        }
+    cpu = sum(process_cpu.values()) if pids else None
     beside = {
         name: cpu_between(beside_before[name], cpu_snapshot([pid]))
         for name, pid in route.beside.items()
     }
-    return Measurement(load, cpu, rss.peak_mb(), beside)
+    return Measurement(load, cpu, rss.peak_mb(), beside, process_cpu)
 
 
 @contextlib.contextmanager
-def _data_dir(chosen: Path | None) -> Iterator[Path]:
+def run_data_dir(chosen: Path | None) -> Iterator[Path]:
     if chosen is not None:
         chosen.mkdir(parents=True, exist_ok=True)
         yield chosen.resolve()
@@ -179,11 +183,31 @@ async def run_bench(options: BenchOptions) -> dict[str, Any]:
         "loadgen_alone_rps": None,
         "warnings": [],
     }
-    with _data_dir(options.data_dir) as data_dir:
+    with run_data_dir(options.data_dir) as data_dir:
         async with Children(data_dir / "logs") as children:
             await _run_paths(children, data_dir, options, results, started)
     write_results(options.output, results)
     return results
+
+
+async def start_baseline(
+    children: Children, data_dir: Path, service_url: str, now: dt.datetime
+) -> Route:
+    """Start the two TLS reverse proxies in front of ``service_url``; their route."""
+    tls = make_tls_pair(data_dir / "baseline-tls", now=now)
+    back = await children.start(
+        "baseline-back",
+        python_argv("bench.baseline", "back", "--upstream", service_url, "--tls-dir", str(tls.dir)),
+    )
+    front = await children.start(
+        "baseline-front",
+        python_argv("bench.baseline", "front", "--upstream", back.url, "--tls-dir", str(tls.dir)),
+    )
+    return Route(
+        "baseline",
+        lambda s: service_spec(s, front.url),
+        {"front proxy": front.pid, "back proxy": back.pid},
+    )
 
 
 async def _run_paths(
@@ -196,21 +220,8 @@ async def _run_paths(
     work_dir = data_dir / "load"
     _say(f"data directory {data_dir}")
     service = await children.start("service", python_argv("bench.service"))
-    tls = make_tls_pair(data_dir / "baseline-tls", now=started)
-    back = await children.start(
-        "baseline-back",
-        python_argv("bench.baseline", "back", "--upstream", service.url, "--tls-dir", str(tls.dir)),
-    )
-    front = await children.start(
-        "baseline-front",
-        python_argv("bench.baseline", "front", "--upstream", back.url, "--tls-dir", str(tls.dir)),
-    )
     alone_route = Route("service alone", lambda s: service_spec(s, service.url), {})
-    baseline_route = Route(
-        "baseline",
-        lambda s: service_spec(s, front.url),
-        {"front proxy": front.pid, "back proxy": back.pid},
-    )
+    baseline_route = await start_baseline(children, data_dir, service.url, started)
     async with contextlib.AsyncExitStack() as node_stack:
         nodes: NodeNetwork | None = None
         if options.nodes:
