@@ -101,6 +101,8 @@ class NodeSettings:
     service_timeout_s: int = 30
     connect_timeout_s: int = 5
     max_body_bytes: int = 10 * 1024 * 1024
+    #: Processes serving the node. Only 1 is accepted: the node's message log has one hash
+    #: chain and one writer (docs/performance.md says what several processes would need).
     workers: int = 1
     # -- message log, timestamping and archives (docs/message-log.md, archives-and-audit.md)
     #: Keep message bodies in the log; false keeps their SHA-256 only (the node's privacy switch).
@@ -128,6 +130,11 @@ class NodeSettings:
     retention_days: int = 30
 
     def __post_init__(self) -> None:
+        if self.workers != 1:
+            raise ConfigError(
+                f"workers {self.workers}: a node runs as one process (workers = 1); its message "
+                "log's hash chain has a single writer. Remove the setting, or set it to 1"
+            )
         if self.log_body_compression not in BODY_COMPRESSIONS:
             raise ConfigError(
                 f"log_body_compression {self.log_body_compression!r} must be one of "

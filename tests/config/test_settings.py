@@ -53,3 +53,14 @@ def test_log_body_compression_takes_only_known_methods() -> None:
         assert load_settings(env=env).node.log_body_compression == method
     with pytest.raises(ConfigError, match="log_body_compression 'zstd' must be one of"):
         load_settings(env={"JISR_NODE_LOG_BODY_COMPRESSION": "zstd"})
+
+
+def test_a_node_runs_as_one_process(tmp_path: Path) -> None:
+    assert load_settings(env={}).node.workers == 1
+    assert load_settings(env={"JISR_NODE_WORKERS": "1"}).node.workers == 1
+    with pytest.raises(ConfigError, match=r"workers 4: a node runs as one process"):
+        load_settings(env={"JISR_NODE_WORKERS": "4"})
+    f = tmp_path / "jisr.toml"
+    f.write_text("[node]\nworkers = 2\n")
+    with pytest.raises(ConfigError, match=r"workers 2: .*set it to 1"):
+        load_settings(f, env={})
