@@ -8,11 +8,12 @@ Rules:
   (``record --format raw --nonblocking``) over the nodes' measured window. The proxies' CPU per
   call is measured in the same run, so the node's cost stands beside a plain relay's.
 - Each sample is put in one category by its stack, read from the innermost frame outwards: the
-  first frame of the HTTP stack or the event loop (aiohttp, ssl, asyncio, uvloop, ...) puts it
-  in ``http``; of logging in ``logging``; of one of Jisr's modules in that module's category
-  (:data:`MODULE_CATEGORIES`). Frames of other libraries (json, cryptography, asyncpg, lxml,
-  uuid, ...) count for the Jisr code that called them: a signature's ECDSA is ``signing``, the
-  database driver under the message log is ``message_log``.
+  first frame of the HTTP stack (aiohttp, ssl, ...) puts it in ``http``; of the event loop
+  (asyncio, uvloop) in ``event_loop``; of logging in ``logging``; of one of Jisr's modules in
+  that module's category (:data:`MODULE_CATEGORIES`). Frames of other libraries (json,
+  cryptography, asyncpg, lxml, uuid, ...) count for the Jisr code that called them: a
+  signature's ECDSA is ``signing``, the database driver under the message log is
+  ``message_log``.
 - A category's microseconds per call are its share of the node's samples times the node's CPU
   seconds per call, measured over the same window (from ``/proc``, not from the samples).
 - The result goes to ``bench/results/profile.json`` (atomically) and a table is printed.
@@ -54,7 +55,8 @@ PYSPY_GRACE_S: Final = 30.0
 
 #: Category → what it holds, in the order the table shows them.
 CATEGORIES: Final[Mapping[str, str]] = {
-    "http": "HTTP in and out, TLS, the event loop",
+    "http": "HTTP in and out, TLS (aiohttp, ssl; the node's HTTP client)",
+    "event_loop": "the event loop: tasks, callbacks, socket I/O, compiled protocols (asyncpg)",
     "envelope": "transport envelope: framing, signed parts, canonical form",
     "rest_soap": "REST or SOAP handling, identifiers, access checks, proxy logic",
     "message_log": "message log and timestamping (with their database driver)",
@@ -65,21 +67,20 @@ CATEGORIES: Final[Mapping[str, str]] = {
     "other": "no Jisr or HTTP frame in the stack",
 }
 
-#: Libraries whose frames are the HTTP stack or the event loop (file path prefixes).
+#: Libraries whose frames are the HTTP stack (file path prefixes).
 HTTP_PREFIXES: Final = (
     "aiohttp/",
     "aiohappyeyeballs/",
     "aiosignal/",
-    "asyncio/",
-    "uvloop/",
     "multidict/",
     "yarl/",
     "propcache/",
     "frozenlist/",
     "ssl.py",
-    "selectors.py",
     "socket.py",
 )
+#: The event loop's: uvloop runs sockets and compiled protocols in C under ``Runner.run``.
+EVENT_LOOP_PREFIXES: Final = ("asyncio/", "uvloop/", "selectors.py")
 LOGGING_PREFIXES: Final = ("structlog/", "logging/", "config/logging.py")
 
 #: Jisr's modules (file path prefixes; the longest match wins) and their categories.
@@ -134,6 +135,8 @@ def frame_category(path: str) -> str | None:
     """The category a frame of ``path`` decides, or None (a library's: look further out)."""
     if path.startswith(HTTP_PREFIXES):
         return "http"
+    if path.startswith(EVENT_LOOP_PREFIXES):
+        return "event_loop"
     if path.startswith(LOGGING_PREFIXES):
         return "logging"
     best = ""

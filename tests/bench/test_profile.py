@@ -43,6 +43,8 @@ def test_the_longest_module_prefix_decides_and_libraries_decide_nothing() -> Non
     assert frame_category("security_server/runtime.py") == "node"
     assert frame_category("aiohttp/web_protocol.py") == "http"
     assert frame_category("ssl.py") == "http"
+    assert frame_category("asyncio/tasks.py") == "event_loop"
+    assert frame_category("uvloop/__init__.py") == "event_loop"
     assert frame_category("structlog/_native.py") == "logging"
     assert frame_category("json/encoder.py") is None
     assert frame_category("asyncpg/connection.py") is None
@@ -67,7 +69,7 @@ def test_a_library_frame_counts_for_the_jisr_code_that_called_it() -> None:
         ";ClientSession._request (aiohttp/client.py:737);SSLObject.write (ssl.py:930)"
     )
     assert stack_category(client.split(";")) == "http"
-    assert stack_category(LOOP.split(";")) == "http"
+    assert stack_category(LOOP.split(";")) == "event_loop"
     assert stack_category(["f (<frozen runpy>:1)", "g (json/encoder.py:2)"]) == "other"
 
 
@@ -85,7 +87,7 @@ def test_raw_output_is_read_and_a_cut_line_does_not_stop_it() -> None:
     assert profile.samples == 105
     assert profile.unreadable_lines == 1
     assert profile.by_category["envelope"] == 30
-    assert profile.by_category["http"] == 50
+    assert profile.by_category["event_loop"] == 50
     assert profile.by_category["other"] == 25
     assert profile.by_function[UNREADABLE_FRAME] == 5
     shares = profile.shares()
@@ -97,14 +99,14 @@ def test_shares_become_microseconds_per_call() -> None:
     profile = parse_raw([LOOP + " 75\n", LOOP + ";f (gateway/canonical.py:1) 25\n"])
     entry = summarise(profile, cpu_s_per_1k=0.8, top=1)
     assert entry["cpu_us_per_call"] == 800.0
-    assert entry["categories"]["http"] == {"share": 0.75, "us_per_call": 600.0}
+    assert entry["categories"]["event_loop"] == {"share": 0.75, "us_per_call": 600.0}
     assert entry["categories"]["envelope"] == {"share": 0.25, "us_per_call": 200.0}
     assert entry["categories"]["replay"] == {"share": 0.0, "us_per_call": 0.0}
     assert entry["top_functions"] == [
         {"function": "Runner.run (asyncio/runners.py:118)", "share": 0.75}
     ]
     unmeasured = summarise(profile, cpu_s_per_1k=None)
-    assert unmeasured["categories"]["http"]["us_per_call"] is None
+    assert unmeasured["categories"]["event_loop"]["us_per_call"] is None
     assert "-" in format_profile({"nodes": {"n": unmeasured}, "load": {}})
 
 
@@ -156,6 +158,7 @@ async def test_a_short_profile_of_the_running_nodes(tmp_path: Path) -> None:
         assert sum(c["share"] for c in categories.values()) == pytest.approx(1.0, abs=0.01)
         # A node under load spends time in HTTP and in its message log, whatever the machine.
         assert categories["http"]["share"] > 0, name
+        assert categories["event_loop"]["share"] > 0, name
         assert categories["message_log"]["share"] > 0, name
         assert node["top_functions"], name
     # Only the provider checks replays.
