@@ -371,6 +371,7 @@ async def run_profile(options: ProfileOptions) -> dict[str, Any]:
                         "nodes",
                         lambda s: node_spec(s, nodes.consumer_url, nodes.parties),
                         nodes.node_pids,
+                        {} if nodes.postgres_pid is None else {"postgres": nodes.postgres_pid},
                     )
                     _say(f"{options.scenario}: nodes, sampled by py-spy ...")
                     measured, profiles = await _profiled_load(
@@ -398,6 +399,9 @@ def _entries(
             "p99_ms": load["p99_ms"],
             "errors": load["errors"],
             "cpu_s_per_1k": measured.cpu_s_per_1k,
+            "postgres_cpu_s_per_1k": measured.to_json()
+            .get("beside_cpu_s_per_1k", {})
+            .get("postgres"),
             "baseline_rps": baseline.load.summary()["rps"],
             "baseline_cpu_s_per_1k": baseline.cpu_s_per_1k,
         },
@@ -446,7 +450,8 @@ def format_profile(results: Mapping[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"nodes: {load.get('rps')} req/s, {load.get('errors')} errors, "
-        f"{load.get('cpu_s_per_1k')} CPU s per 1,000 calls (both nodes); "
+        f"{load.get('cpu_s_per_1k')} CPU s per 1,000 calls (both nodes; PostgreSQL "
+        f"{load.get('postgres_cpu_s_per_1k')}); "
         f"baseline: {load.get('baseline_rps')} req/s, "
         f"{load.get('baseline_cpu_s_per_1k')} CPU s per 1,000 calls (both proxies)"
     )

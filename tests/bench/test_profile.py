@@ -149,6 +149,7 @@ async def test_a_short_profile_of_the_running_nodes(tmp_path: Path) -> None:
     assert written["load"]["errors"] == 0
     assert written["load"]["rps"] > 0
     assert written["load"]["baseline_cpu_s_per_1k"] > 0
+    assert written["load"]["postgres_cpu_s_per_1k"] > 0
     assert set(written["nodes"]) == {"consumer node", "provider node"}
     for name, node in written["nodes"].items():
         assert node["samples"] > 0, name
