@@ -14,10 +14,14 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from config.errors import JisrError
+from config.logging import configure_logging
 from jisr.processes import ChildProcesses, stop_on_signals
 
 T = TypeVar("T")
@@ -41,6 +45,31 @@ def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
+
+
+def run_command(name: str, main: Coroutine[Any, Any, T]) -> T:
+    """Run a benchmark command's ``main`` with console logging at ``warning``.
+
+    SIGTERM cancels it (every process it started is stopped on the way out). A Jisr error
+    prints ``<name>: failed: <message>`` and exits with status 1; an interruption says that
+    everything was stopped and exits with status 130.
+    """
+    configure_logging("console", "warning")
+
+    async def cancelled_by_sigterm() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await main
+
+    try:
+        return run_event_loop(cancelled_by_sigterm())
+    except JisrError as exc:
+        print(f"{name}: failed: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"{name}: interrupted; every process it started has been stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 async def wait_for_stop_signal() -> None:

@@ -39,12 +39,10 @@ from typing import Any, Final
 
 from bench.errors import BenchError
 from bench.network import NodesUnavailable, node_network
-from bench.processes import Children, run_event_loop
+from bench.processes import Children, run_command
 from bench.report import machine_info, write_results
 from bench.run import BenchOptions, Measurement, Route, measure, run_data_dir, start_baseline
 from bench.scenarios import SCENARIOS, node_spec
-from config.errors import JisrError
-from config.logging import configure_logging
 from jisr.processes import python_argv
 
 DEFAULT_OUTPUT: Final = Path(__file__).resolve().parent / "results" / "profile.json"
@@ -500,18 +498,7 @@ def parse_options(argv: Sequence[str] | None = None) -> ProfileOptions:
 
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_options(argv)
-    configure_logging("console", "warning")
-    try:
-        results = run_event_loop(run_profile(options))
-    except JisrError as exc:
-        print(f"bench.profile: failed: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print(
-            "bench.profile: interrupted; every process it started has been stopped",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+    results = run_command("bench.profile", run_profile(options))
     print(format_profile(results))
     print(f"\nresults written to {options.output}")
 

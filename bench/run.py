@@ -18,12 +18,10 @@ Rules:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,15 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.baseline import make_tls_pair
-from bench.errors import BenchError
 from bench.loadgen import LoadResult, LoadSpec, run_load
 from bench.network import NodeNetwork, NodesUnavailable, node_network
 from bench.process_stats import PeakRss, cpu_between, cpu_snapshot
-from bench.processes import PROJECT_ROOT, Children, run_event_loop
+from bench.processes import PROJECT_ROOT, Children, run_command
 from bench.report import format_table, loadgen_warnings, machine_info, ratio, write_results
 from bench.scenarios import SCENARIOS, node_spec, service_spec
-from config.errors import JisrError
-from config.logging import configure_logging
 from jisr.processes import python_argv
 
 DEFAULT_OUTPUT = PROJECT_ROOT / "bench" / "results" / "latest.json"
@@ -324,24 +319,9 @@ def parse_options(argv: Sequence[str] | None = None) -> BenchOptions:
     )
 
 
-async def _main(options: BenchOptions) -> dict[str, Any]:
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await run_bench(options)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_options(argv)
-    configure_logging("console", "warning")
-    try:
-        results = run_event_loop(_main(options))
-    except (BenchError, JisrError) as exc:
-        print(f"bench: failed: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
-        sys.exit(130)
+    results = run_command("bench", run_bench(options))
     print(format_table(results))
     print(f"\nresults written to {options.output}")
 
