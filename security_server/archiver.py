@@ -88,7 +88,7 @@ from security_server.log_stamps import (
     BatchTrees,
 )
 from security_server.runtime import Clock, utc_now
-from storage.errors import DATABASE_ERRORS
+from storage.errors import DATABASE_ERRORS, expire_if_lost
 
 __all__ = [
     "ArchiveLock",
@@ -218,6 +218,7 @@ class PostgresArchiveRows:
         try:
             row = await self._pool.fetchrow(_FIRST_WAITING_QUERY, after_seq)
         except DATABASE_ERRORS as exc:
+            await expire_if_lost(self._pool, exc)
             raise ArchiverError(f"cannot read the message log: {exc}") from exc
         return None if row is None else Waiting(int(row["seq"]), row["logged_at"])
 
@@ -229,6 +230,7 @@ class PostgresArchiveRows:
             stamps = await self._trees.stamps(self._pool, rows)
             evidence = await resolve(self._pool, rows)
         except DATABASE_ERRORS as exc:
+            await expire_if_lost(self._pool, exc)
             raise ArchiverError(f"cannot read the message log: {exc}") from exc
         except LogIntegrityError as exc:
             raise ArchiverError(f"the message log cannot be archived: {exc}") from exc

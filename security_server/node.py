@@ -87,7 +87,7 @@ from security_server.own_ocsp import OwnOcsp
 from security_server.runtime import Clock, NodeRuntime, TlsFiles, utc_now
 from security_server.tls import server_context
 from storage.database import open_pool
-from storage.errors import DATABASE_ERRORS
+from storage.errors import DATABASE_ERRORS, expire_if_lost
 from storage.migrations import apply_migrations
 from storage.sessions import session_changed
 from trust_services.ocsp_client import ResponderPreference
@@ -198,15 +198,21 @@ def archive_lock(pool: asyncpg.Pool) -> ArchiveLock:
 
     @contextlib.asynccontextmanager
     async def hold(wait: bool) -> AsyncIterator[bool]:
-        async with pool.acquire() as conn:
-            session_changed(conn)
-            if wait:
-                await conn.execute("SELECT pg_advisory_lock($1)", ARCHIVE_LOCK_KEY)
-                held = True
-            else:
-                held = bool(
-                    await conn.fetchval("SELECT pg_try_advisory_lock($1)", ARCHIVE_LOCK_KEY)
-                )
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                conn = await stack.enter_async_context(pool.acquire())
+                session_changed(conn)
+                if wait:
+                    await conn.execute("SELECT pg_advisory_lock($1)", ARCHIVE_LOCK_KEY)
+                    held = True
+                else:
+                    held = bool(
+                        await conn.fetchval("SELECT pg_try_advisory_lock($1)", ARCHIVE_LOCK_KEY)
+                    )
+            except DATABASE_ERRORS as exc:
+                # A dead pooled connection (the database restarted): the next pass gets a new one.
+                await expire_if_lost(pool, exc)
+                raise StorageError(f"cannot take the message log's archiving turn: {exc}") from exc
             try:
                 yield held
             finally:
