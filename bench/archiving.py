@@ -70,14 +70,6 @@ def _now() -> dt.datetime:
     return NOW
 
 
-class _Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-
 def large_body(rng: random.Random, size: int = LARGE_BODY_BYTES) -> bytes:
     """A JSON document of about ``size`` bytes: citizen records, as a register would answer."""
     rows: list[dict[str, Any]] = []
@@ -189,11 +181,12 @@ async def fill(
     from security_server.timestamper import Timestamper
     from storage.migrations import apply_migrations
     from tests.audit.evidence import HJC_SS1, Federation, NodeLog
+    from tests.clock import Clock
     from trust_services.http_server import serve_app
     from trust_services.tsa_server import SerialNumbers, tsa_app
 
     now = _now()
-    clock = _Clock(now.replace(minute=10))
+    clock = Clock(now.replace(minute=10))
     federation = Federation(now)
     app = tsa_app(federation.tsa, SerialNumbers(tsa_dir / "serial"), clock=clock)
     rng = random.Random(seed)  # noqa: S311 (reproducible sample data, not secrets)
@@ -264,8 +257,9 @@ async def archive_pass(url: str, history_dir: Path, archive_dir: Path) -> dict[s
     )
     from security_server.message_log import PostgresMessageLog
     from tests.audit.evidence import HJC_SS1
+    from tests.clock import Clock
 
-    clock = _Clock(_now() + dt.timedelta(hours=3))
+    clock = Clock(_now() + dt.timedelta(hours=3))
     pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
     try:
         log = PostgresMessageLog(pool, HJC_SS1, clock=clock)

@@ -30,6 +30,7 @@ from registry.publisher import Publisher, prune_old_versions
 from registry.server import running_registry
 from registry.store import PruneResult, RegistryStore
 from security_server.conf_client import ConfClient
+from tests.clock import Clock
 from tests.registry.conftest import PASSPHRASE, Registry
 from trust_services.http_server import serve_app
 
@@ -37,21 +38,6 @@ pytestmark = pytest.mark.postgres
 
 T0 = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)
 JISR = [sys.executable, "-c", "from jisr.cli import main; main()"]
-
-
-class Clock:
-    """A clock the test moves; ``step`` is added after every reading (0: it stands still)."""
-
-    def __init__(self, now: dt.datetime = T0, step: dt.timedelta = dt.timedelta()) -> None:
-        self.now, self.step = now, step
-
-    def __call__(self) -> dt.datetime:
-        now = self.now
-        self.now += self.step
-        return now
-
-    def advance(self, **delta: float) -> None:
-        self.now += dt.timedelta(**delta)
 
 
 def _retain(publisher: Publisher, clock: Clock, *, keep_versions: int, keep_days: int) -> None:
@@ -92,7 +78,7 @@ def _removed(audit_row: dict[str, Any]) -> int:
 
 
 async def test_keeps_the_newest_versions_and_audits_the_removal(registry: Registry) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     _retain(registry.publisher, clock, keep_versions=3, keep_days=1)
     assert await _publish(registry.publisher, 6) == [1, 2, 3, 4, 5, 6]
     clock.advance(days=2)
@@ -121,7 +107,7 @@ async def test_keeps_the_newest_versions_and_audits_the_removal(registry: Regist
 
 
 async def test_keeps_versions_generated_within_keep_days(registry: Registry) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     _retain(registry.publisher, clock, keep_versions=1, keep_days=7)
     await _publish(registry.publisher, 2)
     clock.advance(days=5)
@@ -135,7 +121,7 @@ async def test_keeps_versions_generated_within_keep_days(registry: Registry) -> 
 
 
 async def test_never_prunes_the_current_version_or_an_unexpired_one(registry: Registry) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     _retain(registry.publisher, clock, keep_versions=1, keep_days=0)
     await _publish(registry.publisher, 3)
     clock.advance(seconds=599)  # conf_expiry_s is 600: all three are still valid
@@ -153,7 +139,7 @@ async def test_never_prunes_the_current_version_or_an_unexpired_one(registry: Re
 
 
 async def test_publishing_prunes_what_the_retention_lets_go(registry: Registry) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     _retain(registry.publisher, clock, keep_versions=2, keep_days=1)
     await _publish(registry.publisher, 4)
     assert await _stored(registry) == [1, 2, 3, 4]
@@ -169,7 +155,7 @@ async def test_publishing_prunes_what_the_retention_lets_go(registry: Registry) 
 
 
 async def test_a_pruning_failure_never_fails_publishing_and_is_retried(registry: Registry) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     _retain(registry.publisher, clock, keep_versions=0, keep_days=0)  # refused by the store
     await _publish(registry.publisher, 2)
     clock.advance(days=1)
@@ -190,7 +176,7 @@ async def test_a_pruning_failure_never_fails_publishing_and_is_retried(registry:
 
 
 async def test_dry_run_reports_and_removes_nothing(registry: Registry) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     _retain(registry.publisher, clock, keep_versions=2, keep_days=0)
     await _publish(registry.publisher, 5)
     clock.advance(days=1)
@@ -217,7 +203,7 @@ async def test_dry_run_reports_and_removes_nothing(registry: Registry) -> None:
 
 
 async def test_a_backlog_larger_than_a_chunk_is_pruned_in_several(registry: Registry) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     _retain(registry.publisher, clock, keep_versions=2, keep_days=1)
     registry.publisher.prune_chunk = 3
     await _publish(registry.publisher, 10)
@@ -252,7 +238,7 @@ async def test_a_backlog_larger_than_a_chunk_is_pruned_in_several(registry: Regi
 
 
 async def test_a_chunk_that_ends_the_backlog_exactly_is_the_last(registry: Registry) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     _retain(registry.publisher, clock, keep_versions=1, keep_days=0)
     registry.publisher.prune_chunk = 2
     await _publish(registry.publisher, 5)
@@ -273,7 +259,7 @@ async def test_publishing_between_chunks_loses_nothing_and_keeps_the_chain(
 ) -> None:
     """Between two chunks the publishing lock is free: a publication goes through at once
     (were the lock held, it would wait for the whole prune and the test would time out)."""
-    clock = Clock()
+    clock = Clock(T0)
     _retain(registry.publisher, clock, keep_versions=2, keep_days=0)
     registry.publisher.prune_chunk = 2
     await _publish(registry.publisher, 9)
@@ -307,7 +293,7 @@ async def test_publishing_between_chunks_loses_nothing_and_keeps_the_chain(
 
 
 async def test_the_info_line_after_publishing_tells_the_total(registry: Registry) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     _retain(registry.publisher, clock, keep_versions=1, keep_days=0)
     registry.publisher.prune_chunk = 2
     await _publish(registry.publisher, 6)
@@ -327,7 +313,7 @@ async def test_a_prune_from_another_process_in_chunks_beside_publications(
     registry: Registry,
 ) -> None:
     """The CLI's path (no publishing lock, table lock per chunk) with publications racing it."""
-    clock = Clock(step=dt.timedelta(hours=1))
+    clock = Clock(T0, step=dt.timedelta(hours=1))
     # The publisher's own prunes keep everything here: only the outside one removes.
     _retain(registry.publisher, clock, keep_versions=1000, keep_days=0)
     await _publish(registry.publisher, 12)
@@ -370,7 +356,7 @@ async def test_refuses_a_bad_chunk_size(registry: Registry) -> None:
 async def test_concurrent_publishing_and_pruning_lose_and_break_nothing(registry: Registry) -> None:
     """Publications race prunes through the publisher's lock and, as another process would,
     straight on the database; every version is published once and removed at most once."""
-    clock = Clock(step=dt.timedelta(hours=1))  # every earlier version has expired
+    clock = Clock(T0, step=dt.timedelta(hours=1))  # every earlier version has expired
     _retain(registry.publisher, clock, keep_versions=2, keep_days=0)
     outside = RegistryStore(registry.pool)
 
@@ -408,7 +394,7 @@ async def test_concurrent_publishing_and_pruning_lose_and_break_nothing(registry
 async def test_a_prune_waits_for_a_publication_in_another_process(registry: Registry) -> None:
     """A prune's table lock conflicts with the insert of a publication not yet committed
     (another registry process, or the CLI beside a running registry): the prune waits."""
-    clock = Clock()
+    clock = Clock(T0)
     _retain(registry.publisher, clock, keep_versions=1, keep_days=0)
     await _publish(registry.publisher, 2)
     clock.advance(days=1)
@@ -444,7 +430,7 @@ async def test_a_prune_waits_for_a_publication_in_another_process(registry: Regi
 
 @pytest.fixture
 async def served(registry: Registry) -> AsyncIterator[tuple[str, Publisher, Clock]]:
-    clock = Clock()
+    clock = Clock(T0)
     async with running_registry(
         registry.store,
         data_dir=registry.data_dir,
@@ -636,7 +622,7 @@ async def test_the_publisher_task_publishes_while_its_prune_is_under_way(
 ) -> None:
     """The running publisher prunes in a task of its own: a prune waiting between two chunks
     does not hold back the next publication."""
-    clock = Clock()
+    clock = Clock(T0)
     publisher = registry.publisher
     _retain(publisher, clock, keep_versions=1, keep_days=0)
     publisher.prune_chunk = 2

@@ -68,6 +68,7 @@ from security_server.runtime import LocalClient, LocalService, NodeRuntime, TlsF
 from security_server.server_proxy import server_proxy_app
 from security_server.tls import pinned_client_context, server_context
 from security_server.transport_client import TransportClient
+from tests.clock import Clock
 from tests.pki_factory import FixturePki, Issued
 from trust_services.http_server import serve_app
 from trust_services.ocsp_server import ocsp_app
@@ -112,16 +113,6 @@ OPENAPI = b'{"openapi":"3.0.0","info":{"title":"citizens","version":"1"},"paths"
 
 def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
-
-
-class Clock:
-    """A settable clock: tests move time instead of waiting."""
-
-    def __init__(self, now: dt.datetime = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 class FakeConf:
@@ -477,7 +468,7 @@ async def two_nodes(
         (responder_cert.cert, responder_cert.key),
         lambda serial: statuses.get(serial, CertStatus("good")),
     )
-    clock = Clock()
+    clock = Clock(NOW)
     consumer_auth = pki.authentication(str(CONSUMER_NODE))
     provider_auth = pki.authentication(str(PROVIDER_NODE))
     consumer_tls = write_tls(tmp_path, consumer_auth, "consumer-auth")

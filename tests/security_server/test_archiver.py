@@ -31,6 +31,7 @@ from security_server.timestamper import Timestamper
 from storage.embedded import database_url
 from storage.migrations import apply_migrations
 from tests.audit.evidence import HJC_SS1, Federation, NodeLog
+from tests.clock import Clock
 from tests.databases import temporary_database
 from tests.pki_factory import NOW
 from tests.security_server.test_log_migrations import INLINE_COLUMNS, inline_row, schema_before
@@ -41,14 +42,6 @@ pytestmark = pytest.mark.postgres
 
 START = NOW.replace(minute=0)
 HOUR = dt.timedelta(hours=1)
-
-
-class Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @dataclasses.dataclass

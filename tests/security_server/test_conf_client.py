@@ -28,17 +28,10 @@ from gateway.globalconf import (
 )
 from registry.conf_keys import create_key, load_signer
 from security_server.conf_client import DOCUMENT_FILE, MAX_EXPLANATION_BYTES, ConfClient
+from tests.clock import Clock
 from trust_services.http_server import serve_app
 
 T0 = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)
-
-
-@dataclasses.dataclass
-class Clock:
-    now: dt.datetime = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @dataclasses.dataclass
@@ -129,7 +122,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 async def test_downloads_verifies_keeps_on_disk_and_notifies(
     tmp_path: Path, source: Source, url: str, session: aiohttp.ClientSession
 ) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     source.publish(T0)
     client = client_for(tmp_path, source, url, clock, session)
     seen: list[int] = []
@@ -150,7 +143,7 @@ async def test_downloads_verifies_keeps_on_disk_and_notifies(
 async def test_starts_from_the_disk_copy_without_the_registry(
     tmp_path: Path, source: Source, url: str, session: aiohttp.ClientSession
 ) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     source.publish(T0)
     await client_for(tmp_path, source, url, clock, session).poll_once()
     source.down = True
@@ -164,7 +157,7 @@ async def test_starts_from_the_disk_copy_without_the_registry(
 async def test_expires_then_recovers_when_the_registry_is_back(
     tmp_path: Path, source: Source, url: str, session: aiohttp.ClientSession
 ) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     source.publish(T0)
     client = client_for(tmp_path, source, url, clock, session)
     await client.poll_once()
@@ -200,7 +193,7 @@ async def test_expires_then_recovers_when_the_registry_is_back(
 async def test_refuses_tampered_document_and_keeps_the_held_version(
     tmp_path: Path, source: Source, url: str, session: aiohttp.ClientSession
 ) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     source.publish(T0)
     client = client_for(tmp_path, source, url, clock, session)
     await client.poll_once()
@@ -216,7 +209,7 @@ async def test_refuses_tampered_document_and_keeps_the_held_version(
 async def test_refuses_a_rollback(
     tmp_path: Path, source: Source, url: str, session: aiohttp.ClientSession
 ) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     source.publish(T0)
     source.publish(T0 + dt.timedelta(seconds=1))
     client = client_for(tmp_path, source, url, clock, session)
@@ -253,7 +246,7 @@ async def _fails_with(
     files_answer: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> tuple[ConfClient, str]:
     """Version 1 held, version 2 announced but its files answered by ``files_answer``."""
-    clock = Clock()
+    clock = Clock(T0)
     source.publish(T0)
     client = client_for(tmp_path, source, url, clock, session)
     assert await client.poll_once()
@@ -307,7 +300,7 @@ async def test_every_source_is_tried_and_each_explanation_kept(
             [source.signer.certificate],
             generated_at=T0,
         )
-        client = ConfClient(tmp_path / "globalconf", anchor, session=session, clock=Clock())
+        client = ConfClient(tmp_path / "globalconf", anchor, session=session, clock=Clock(T0))
         assert not await client.poll_once()
     error = client.last_error or ""
     first, second = error.split("; ", 1)[0], error.split(f"; {url}: ", 1)[1]

@@ -29,13 +29,13 @@ from gateway.transport import (
     verify_message,
 )
 from security_server.transport_client import MessageSealer
+from tests.clock import Clock
 from tests.pki_factory import FixturePki
 from tests.security_server.fakes import (
     CONSUMER,
     HJC,
     NOW,
     PROVIDER,
-    Clock,
     FakeSigners,
     Network,
     assert_still_serving,
@@ -171,7 +171,7 @@ async def test_messages_queued_together_share_one_batch_signature() -> None:
     signers = FakeSigners()
     signers.signers[HJC] = SoftwareSigner(issued.key, issued.cert)
     signers.ocsp[der(issued.cert)] = b"stapled"
-    sealer = MessageSealer(signers, Clock())
+    sealer = MessageSealer(signers, Clock(NOW))
     parts = [_part(f"batch-{i}") for i in range(5)]
     results = await asyncio.gather(*(sealer.seal(HJC, p, prefix=CLIENT_PROXY) for p in parts))
     assert len({seal.signature for seal in results}) == 1
@@ -308,7 +308,7 @@ async def test_a_broken_signer_fails_its_batch_instead_of_hanging() -> None:
     signers = FakeSigners()
     signers.signers[HJC] = BrokenSigner(issued.key, issued.cert)
     signers.ocsp[der(issued.cert)] = b"stapled"
-    sealer = MessageSealer(signers, Clock())
+    sealer = MessageSealer(signers, Clock(NOW))
     results = await asyncio.gather(
         *(sealer.seal(HJC, _part(f"broken-{i}"), prefix=CLIENT_PROXY) for i in range(3)),
         return_exceptions=True,

@@ -26,7 +26,8 @@ from security_server.message_log import PostgresMessageLog
 from security_server.replay_store import PostgresReplayStore
 from security_server.timestamper import Timestamper
 from storage.migrations import apply_migrations
-from tests.security_server.test_message_log import NODE, Clock, make_entry, open_log_pool
+from tests.clock import Clock
+from tests.security_server.test_message_log import NODE, make_entry, open_log_pool
 from tests.security_server.test_timestamper import Conf, live, pki, tsa_issued, tsa_url
 
 __all__ = ["live", "pki", "tsa_issued", "tsa_url"]  # the fixtures, imported to be used here
@@ -81,7 +82,7 @@ async def test_timestamping_immediately_on_a_broken_connection_is_timestamping_f
     log_pool: asyncpg.Pool, pki: Any, live: Any
 ) -> None:
     broken = BrokenConnections(log_pool)
-    clock = Clock()
+    clock = Clock(NOW)
     async with aiohttp.ClientSession() as session:
         stamper = Timestamper(cast(asyncpg.Pool, broken), Conf(pki, [live]), session, clock=clock)
         async with PostgresMessageLog(

@@ -13,7 +13,9 @@ from gateway.log_record import GENESIS_HASH, LogRecord, batch_tree, timestamp_le
 from gateway.transport import encode_proof
 from security_server.message_log import COPY_COLUMNS, PostgresMessageLog, copy_row
 from storage.migrations import apply_migrations
-from tests.security_server.test_message_log import LOG_MIGRATIONS, NODE, Clock, make_entry
+from tests.clock import Clock
+from tests.pki_factory import NOW
+from tests.security_server.test_message_log import LOG_MIGRATIONS, NODE, make_entry
 
 pytestmark = pytest.mark.postgres
 
@@ -85,7 +87,7 @@ async def test_a_log_stamped_record_by_record_keeps_its_proofs_after_the_upgrade
 
     pool = await asyncpg.create_pool(fresh_db_url, min_size=1, max_size=2)
     try:
-        async with PostgresMessageLog(pool, NODE, clock=Clock()) as log:
+        async with PostgresMessageLog(pool, NODE, clock=Clock(NOW)) as log:
             await log.record(make_entry("new-5"))
             records = await log.read_records()
             assert [r.seq for r in records] == [1, 2, 3, 4, 5]
@@ -151,7 +153,7 @@ async def test_a_log_written_with_inline_evidence_reads_the_same_after_the_upgra
 
     pool = await asyncpg.create_pool(fresh_db_url, min_size=1, max_size=2)
     try:
-        async with PostgresMessageLog(pool, NODE, clock=Clock()) as log:
+        async with PostgresMessageLog(pool, NODE, clock=Clock(NOW)) as log:
             before = await log.read_records()
             assert [r.entry for r in before] == [r.entry for r in old]
             assert [r.record_hash for r in before] == [r.record_hash for r in old]

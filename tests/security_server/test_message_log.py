@@ -36,6 +36,7 @@ from security_server.message_log import (
 )
 from security_server.runtime import MessageLog
 from storage.migrations import apply_migrations
+from tests.clock import Clock
 from tests.pki_factory import NOW, FixturePki
 
 pytestmark = pytest.mark.postgres
@@ -50,16 +51,6 @@ LOG_MIGRATIONS = "security_server.log_migrations"
 _PKI = FixturePki.create()
 _SIGNING = _PKI.signing("IQ/GOV/HJC")
 SIGNER = SoftwareSigner(_SIGNING.key, _SIGNING.cert, [])
-
-
-class Clock:
-    """A settable clock: tests move time instead of waiting."""
-
-    def __init__(self, now: dt.datetime = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 def make_entry(
@@ -126,7 +117,7 @@ async def pool(fresh_db_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(NOW)
 
 
 @pytest.fixture

@@ -16,8 +16,10 @@ from asyncpg import exceptions as pg
 from gateway.faults import FaultError
 from gateway.log_record import verify_chain
 from security_server.message_log import PostgresMessageLog
+from tests.clock import Clock
 from tests.databases import table_held, until_a_session_waits_for
-from tests.security_server.test_message_log import NODE, Clock, make_entry, open_log_pool
+from tests.pki_factory import NOW
+from tests.security_server.test_message_log import NODE, make_entry, open_log_pool
 
 pytestmark = pytest.mark.postgres
 
@@ -81,7 +83,7 @@ def flaky(pool: asyncpg.Pool) -> FlakyPool:
 
 @pytest.fixture
 async def log(flaky: FlakyPool) -> AsyncIterator[PostgresMessageLog]:
-    async with PostgresMessageLog(cast(asyncpg.Pool, flaky), NODE, clock=Clock()) as message_log:
+    async with PostgresMessageLog(cast(asyncpg.Pool, flaky), NODE, clock=Clock(NOW)) as message_log:
         yield message_log
 
 

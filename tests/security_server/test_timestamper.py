@@ -27,10 +27,10 @@ from gateway.globalconf import (
 from gateway.log_record import LogRecord, verify_chain, verify_record_timestamp
 from security_server.message_log import PostgresMessageLog
 from security_server.timestamper import Timestamper
+from tests.clock import Clock
 from tests.pki_factory import NOW, FixturePki, Issued
 from tests.security_server.test_message_log import (
     NODE,
-    Clock,
     make_entry,
     open_log_pool,
 )
@@ -134,7 +134,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(NOW)
 
 
 async def _write(log: PostgresMessageLog, count: int, prefix: str = "msg") -> None:
@@ -257,8 +257,8 @@ async def test_a_batch_is_one_row_naming_its_records_and_changed_hashes_do_not_v
 async def test_a_large_backlog_is_split_into_batches_of_the_limit(
     pool: asyncpg.Pool, session: aiohttp.ClientSession, pki: FixturePki, live: ApprovedTsa
 ) -> None:
-    stamper = Timestamper(pool, Conf(pki, [live]), session, clock=Clock(), max_batch=4)
-    async with PostgresMessageLog(pool, NODE, clock=Clock(), timestamper=stamper) as log:
+    stamper = Timestamper(pool, Conf(pki, [live]), session, clock=Clock(NOW), max_batch=4)
+    async with PostgresMessageLog(pool, NODE, clock=Clock(NOW), timestamper=stamper) as log:
         records = await _write_and_stamp(log, stamper, 10)
     assert await _batch_count(pool) == 3
     assert [r.timestamp.batch.size for r in records if r.timestamp] == [4] * 4 + [4] * 4 + [2] * 2

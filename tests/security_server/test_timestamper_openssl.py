@@ -15,8 +15,9 @@ from gateway.globalconf import ApprovedTsa
 from gateway.log_record import batch_tree
 from security_server.message_log import PostgresMessageLog
 from security_server.timestamper import Timestamper
+from tests.clock import Clock
 from tests.pki_factory import NOW, FixturePki
-from tests.security_server.test_message_log import NODE, Clock, make_entry, open_log_pool
+from tests.security_server.test_message_log import NODE, make_entry, open_log_pool
 from tests.security_server.test_timestamper import Conf
 from trust_services.http_server import serve_app
 from trust_services.tsa_server import SerialNumbers, tsa_app
@@ -64,8 +65,8 @@ async def test_openssl_verifies_a_batch_token_against_the_tree_root(
     try:
         async with serve_app(app) as url, aiohttp.ClientSession() as session:
             conf = Conf(pki, [ApprovedTsa("Jisr Test TSA", url + "/", tsa.cert)])
-            stamper = Timestamper(pool, conf, session, clock=Clock())
-            async with PostgresMessageLog(pool, NODE, clock=Clock(), timestamper=stamper) as log:
+            stamper = Timestamper(pool, conf, session, clock=Clock(NOW))
+            async with PostgresMessageLog(pool, NODE, clock=Clock(NOW), timestamper=stamper) as log:
                 for i in range(7):
                     await log.record(make_entry(f"msg-{i}"))
                 await stamper.timestamp_pending()

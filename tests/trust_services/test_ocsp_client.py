@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.ocsp import OcspCache, OcspError, OcspResponder
 from certs.status import CertStatus
+from tests.clock import Clock
 from tests.pki_factory import NOW, FixturePki, Issued
 from tests.trust_services.responders import Mode, closed_url, listed_responder
 from trust_services.http_server import serve_app
@@ -27,19 +28,6 @@ from trust_services.ocsp_client import (
     fetch_verdict,
 )
 from trust_services.ocsp_server import ocsp_app
-
-
-@dataclasses.dataclass
-class FakeClock:
-    """A clock tests move by hand, shared by the responder and the client."""
-
-    now: dt.datetime = NOW
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += dt.timedelta(**kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +100,7 @@ async def test_reports_http_error_status(
 async def test_refresher_fetches_when_due_and_not_before(
     responder: OcspResponder, session: aiohttp.ClientSession, pki: FixturePki, member: Issued
 ) -> None:
-    clock = FakeClock()
+    clock = Clock(NOW)
     cache = OcspCache(max_age=dt.timedelta(hours=1))
     async with serve_app(ocsp_app(responder, clock=clock)) as url:
         own = OwnCertificate(member.cert, pki.root.cert, (url + "/",))
@@ -138,7 +126,7 @@ async def test_refresher_fetches_when_due_and_not_before(
 async def test_refresher_backs_off_after_failures_and_recovers(
     responder: OcspResponder, session: aiohttp.ClientSession, pki: FixturePki, member: Issued
 ) -> None:
-    clock = FakeClock()
+    clock = Clock(NOW)
     cache = OcspCache()
     dead = OwnCertificate(member.cert, pki.root.cert, (await closed_url(),))
     refresher = OcspRefresher(
@@ -261,7 +249,7 @@ async def test_asks_the_second_responder_when_the_first_answer_does_not_verify(
     signer = pki.ocsp_responder()
     good = OcspResponder(pki.root.cert, (signer.cert, signer.key), lambda _: CertStatus("good"))
     forged = OcspResponder(pki.root.cert, ForgedSigner(signer.cert), lambda _: CertStatus("good"))
-    stale_clock = FakeClock(NOW - dt.timedelta(hours=2))
+    stale_clock = Clock(NOW - dt.timedelta(hours=2))
     async with (
         listed_responder(forged, lambda: NOW) as forging,
         listed_responder(good, stale_clock) as stale,
@@ -321,7 +309,7 @@ async def test_names_every_responder_and_its_error_when_all_fail(
 async def test_refresher_fails_over_and_backs_off_only_when_every_responder_failed(
     responder: OcspResponder, session: aiohttp.ClientSession, pki: FixturePki, member: Issued
 ) -> None:
-    clock = FakeClock()
+    clock = Clock(NOW)
     cache = OcspCache()
     dead = await closed_url()
     async with listed_responder(responder, clock, "http500") as second:
@@ -439,7 +427,7 @@ async def test_a_list_without_the_preferred_responder_is_asked_in_its_order(
 async def test_the_refresher_asks_the_responder_that_answered_last_first(
     responder: OcspResponder, session: aiohttp.ClientSession, pki: FixturePki, member: Issued
 ) -> None:
-    clock = FakeClock()
+    clock = Clock(NOW)
     cache = OcspCache(max_age=dt.timedelta(hours=1))
     async with (
         listed_responder(responder, clock, "http500") as first,
