@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
 
@@ -119,6 +120,13 @@ async def fresh_db_url(pg_server_url: str) -> AsyncIterator[str]:
     """URL of a new, empty database, dropped after the test."""
     async with temporary_database(pg_server_url, "t_") as name:
         yield database_url(pg_server_url, name)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client session (no options), closed after the test."""
+    async with aiohttp.ClientSession() as s:
+        yield s
 
 
 @pytest.fixture

@@ -31,9 +31,9 @@ async def services() -> AsyncIterator[RunningSampleServices]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+def http(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
+    """The shared client session (tests/conftest.py), under the name these tests use."""
+    return session
 
 
 def _service_id(kind: str) -> ServiceId:

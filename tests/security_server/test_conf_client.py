@@ -113,12 +113,6 @@ def client_for(
     )
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 async def test_downloads_verifies_keeps_on_disk_and_notifies(
     tmp_path: Path, source: Source, url: str, session: aiohttp.ClientSession
 ) -> None:

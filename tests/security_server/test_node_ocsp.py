@@ -3,8 +3,6 @@ persisted, reloaded without the responder, and never stapled when not good."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import aiohttp
 import pytest
 
@@ -24,12 +22,6 @@ from tests.security_server.test_node_setup import (
 __all__ = ["network"]  # the fixture, imported to be used here
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def _setup(network: Network, session: aiohttp.ClientSession) -> tuple[NodeDir, GlobalConf]:

@@ -42,12 +42,6 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 async def node_pool(pg_server_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
     """A second fresh database: the registry of the network fixture uses the first."""
     async with node_database(pg_server_url, tmp_path) as db:

@@ -169,12 +169,6 @@ async def network(fresh_db_url: str, tmp_path: Path) -> AsyncIterator[Network]:
         yield net
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 async def wait_for_server_in_conf(directory: Path, server: str) -> ConfClient:
     """Poll the registry until the published configuration lists ``server``."""
     node = NodeDir(directory)

@@ -30,12 +30,6 @@ async def net(tmp_path: Path) -> AsyncIterator[Network]:
         yield network
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 async def test_lists_every_responder_of_the_ca_in_order(net: Network) -> None:
     conf = list_responders(net, "http://127.0.0.1:1/a", "http://127.0.0.1:2/b")
     own = own_certificate(conf, net.consumer_auth.cert)

@@ -127,12 +127,6 @@ async def pool(fresh_db_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 def clock() -> Clock:
     return Clock(NOW)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -55,12 +54,6 @@ def responder(pki: FixturePki, revoked: Issued) -> OcspResponder:
         return CertStatus("good")
 
     return OcspResponder(pki.root.cert, (signer.cert, signer.key), lookup)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_fetches_and_verifies_with_nonce(

@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -21,12 +20,6 @@ from config.errors import ConfigError
 from jisr.commands.ocsp import load_certificate, load_responder, run_responder
 from tests.pki_factory import FixturePki
 from trust_services.ocsp_client import fetch_verdict
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def _write_encrypted_key(path: Path, key: object, passphrase: bytes) -> None:

@@ -37,12 +37,6 @@ async def url(pki: FixturePki) -> AsyncIterator[str]:
         yield bound
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def _status(der: bytes, member: Issued, pki: FixturePki) -> str:
     verdict = verify_response(der, member.cert, pki.root.cert, trusted_responders=None, now=NOW)
     return verdict.status.state

@@ -45,12 +45,6 @@ async def url(authority: TimestampAuthority, tmp_path: Path) -> AsyncIterator[st
         yield bound + "/"
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 async def _serve_fixed(body: bytes, content_type: str, status: int = 200) -> web.Application:
     async def answer(request: web.Request) -> web.Response:
         await request.read()

@@ -43,12 +43,6 @@ async def url(tsa_issued: Issued, serials: SerialNumbers) -> AsyncIterator[str]:
         yield bound + "/"
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> bytes:
     async with session.post(url, data=body, headers=QUERY) as resp:
         assert resp.status == 200
