@@ -43,7 +43,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-import aiohttp
 import asyncpg
 
 from bench import process_stats
@@ -54,7 +53,6 @@ DEFAULT_LARGE_EVERY: Final = 10
 LARGE_BODY_BYTES: Final = 100 * 1024
 SIGNATURE_BATCH: Final = 8
 DEFAULT_OUTPUT: Final = Path(__file__).parent / "results" / "archiving.json"
-_LOG_MIGRATIONS: Final = "security_server.log_migrations"
 _LOG_BYTES: Final = (
     "SELECT pg_total_relation_size('message_log') + pg_total_relation_size('timestamp_batches')"
     " + pg_total_relation_size('log_evidence')"
@@ -176,52 +174,27 @@ async def fill(
 ) -> dict[str, Any]:
     """Fill the log at ``url`` with ``exchanges`` timestamped exchanges; keep the federation's
     trust material in ``history_dir`` (a node's ``conf-history``)."""
-    from security_server.archiver import ConfHistory
-    from security_server.message_log import PostgresMessageLog
-    from security_server.timestamper import Timestamper
-    from storage.migrations import apply_migrations
-    from tests.audit.evidence import HJC_SS1, Federation, NodeLog
+    from tests.audit.evidence import Federation, NodeLog, logging_node
     from tests.clock import Clock
-    from trust_services.http_server import serve_app
-    from trust_services.tsa_server import SerialNumbers, tsa_app
 
     now = _now()
     clock = Clock(now.replace(minute=10))
-    federation = Federation(now)
-    app = tsa_app(federation.tsa, SerialNumbers(tsa_dir / "serial"), clock=clock)
     rng = random.Random(seed)  # noqa: S311 (reproducible sample data, not secrets)
     body_bytes = 0
     records = 0
     started = time.perf_counter()
-    async with serve_app(app) as bound:
-        federation.tsa_url = bound + "/"
-        federation.versions.clear()
-        federation.publish(1, now - dt.timedelta(hours=1))
-        history = ConfHistory(history_dir, anchor=federation.anchor_bytes())
-        for document, signature in federation.versions:
-            history.remember(document, signature)
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-        try:
-            async with pool.acquire() as conn:
-                await apply_migrations(conn, _LOG_MIGRATIONS)
-            async with aiohttp.ClientSession() as session:
-                timestamper = Timestamper(pool, federation, session, clock=clock)
-                async with PostgresMessageLog(
-                    pool, HJC_SS1, clock=clock, timestamper=timestamper
-                ) as log:
-                    node_log = NodeLog(federation)
-                    at = clock.now - dt.timedelta(seconds=1)
-                    for batch in _entries(
-                        node_log, exchanges, at, large_every=large_every, rng=rng
-                    ):
-                        await asyncio.gather(*(log.record(e) for e in batch))
-                        records += len(batch)
-                        body_bytes += sum(len(e.body or b"") for e in batch)
-                    while await timestamper.timestamp_pending():
-                        pass
-            log_bytes = await pool.fetchval(_LOG_BYTES)
-        finally:
-            await pool.close()
+    async with logging_node(url, tsa_dir, clock, Federation(now), history_dir=history_dir) as node:
+        at = clock.now - dt.timedelta(seconds=1)
+        batches = _entries(
+            NodeLog(node.federation), exchanges, at, large_every=large_every, rng=rng
+        )
+        for batch in batches:
+            await asyncio.gather(*(node.log.record(e) for e in batch))
+            records += len(batch)
+            body_bytes += sum(len(e.body or b"") for e in batch)
+        while await node.timestamper.timestamp_pending():
+            pass
+        log_bytes = await node.pool.fetchval(_LOG_BYTES)
     return {
         "records": records,
         "exchanges": exchanges,

@@ -9,12 +9,16 @@ batches by ``certs.tsa.TimestampAuthority``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
+import aiohttp
+import asyncpg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -55,7 +59,14 @@ from gateway.log_record import (
     batch_tree,
 )
 from gateway.transport import BatchSigner, RequestPart, ResponsePart, Sealed, body_digest
+from security_server.archiver import ConfHistory
+from security_server.message_log import PostgresMessageLog
+from security_server.timestamper import Timestamper
+from storage.migrations import apply_migrations
+from tests.clock import Clock
 from tests.pki_factory import NOW, FixturePki, Issued, new_key
+from trust_services.http_server import serve_app
+from trust_services.tsa_server import SerialNumbers, tsa_app
 
 NDC = MemberId("IQ", "GOV", "NDC")
 HJC = MemberId("IQ", "GOV", "HJC")
@@ -344,3 +355,56 @@ class NodeLog:
 
 def anchor_of(federation: Federation) -> Anchor:
     return federation.anchor
+
+
+@dataclasses.dataclass
+class LoggingNode:
+    """A node's message log on a real database, timestamped in batches by a TSA over HTTP."""
+
+    federation: Federation
+    pool: asyncpg.Pool
+    log: PostgresMessageLog
+    timestamper: Timestamper
+    #: The federation's trust material as a node keeps it (its ``conf-history``).
+    history: ConfHistory
+    clock: Clock
+
+
+@contextlib.asynccontextmanager
+async def logging_node(
+    database_url: str,
+    work_dir: Path,
+    clock: Clock,
+    federation: Federation,
+    *,
+    history_dir: Path | None = None,
+) -> AsyncIterator[LoggingNode]:
+    """Node ``IQ/GOV/HJC/ss1``'s message log in the (empty) database at ``database_url``.
+
+    ``federation``'s TSA answers over HTTP on 127.0.0.1 (its serial numbers in ``work_dir``)
+    and configuration version 1, published an hour before ``clock.now``, names it; the
+    configuration history goes to ``history_dir`` (default ``work_dir/conf-history``). The log's
+    migrations are applied; everything is stopped when the block ends.
+    """
+    app = tsa_app(federation.tsa, SerialNumbers(work_dir / "tsa-serial"), clock=clock)
+    async with serve_app(app) as bound:
+        federation.tsa_url = bound + "/"
+        federation.versions.clear()
+        federation.publish(1, clock.now - dt.timedelta(hours=1))
+        history = ConfHistory(
+            history_dir or work_dir / "conf-history", anchor=federation.anchor_bytes()
+        )
+        for document, signature in federation.versions:
+            history.remember(document, signature)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn, "security_server.log_migrations")
+            async with aiohttp.ClientSession() as session:
+                timestamper = Timestamper(pool, federation, session, clock=clock)
+                async with PostgresMessageLog(
+                    pool, HJC_SS1, clock=clock, timestamper=timestamper
+                ) as log:
+                    yield LoggingNode(federation, pool, log, timestamper, history, clock)
+        finally:
+            await pool.close()

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 
@@ -30,13 +29,11 @@ from security_server.message_log import PostgresMessageLog
 from security_server.timestamper import Timestamper
 from storage.embedded import database_url
 from storage.migrations import apply_migrations
-from tests.audit.evidence import HJC_SS1, Federation, NodeLog
+from tests.audit.evidence import HJC_SS1, Federation, NodeLog, logging_node
 from tests.clock import Clock
 from tests.databases import temporary_database
 from tests.pki_factory import NOW
 from tests.security_server.test_log_migrations import INLINE_COLUMNS, inline_row, schema_before
-from trust_services.http_server import serve_app
-from trust_services.tsa_server import SerialNumbers, tsa_app
 
 pytestmark = pytest.mark.postgres
 
@@ -77,39 +74,19 @@ class Node:
 
 @pytest.fixture
 async def node(fresh_db_url: str, tmp_path: Path) -> AsyncIterator[Node]:
-    federation = Federation()
-    clock = Clock(START)
-    app = tsa_app(federation.tsa, SerialNumbers(tmp_path / "serial"), clock=lambda: clock.now)
-    async with serve_app(app) as bound:
-        federation.tsa_url = bound + "/"
-        federation.versions.clear()
-        federation.publish(1, START - HOUR)
-        pool = await asyncpg.create_pool(fresh_db_url, min_size=1, max_size=4)
-        try:
-            async with pool.acquire() as conn:
-                await apply_migrations(conn, "security_server.log_migrations")
-            async with aiohttp.ClientSession() as session:
-                timestamper = Timestamper(pool, federation, session, clock=clock)
-                history = ConfHistory(tmp_path / "conf-history", anchor=federation.anchor_bytes())
-                for document, signature in federation.versions:
-                    history.remember(document, signature)
-                async with PostgresMessageLog(
-                    pool, HJC_SS1, clock=clock, timestamper=timestamper
-                ) as log:
-                    archive_dir = tmp_path / "archives"
-                    archive_dir.mkdir()
-                    yield Node(
-                        federation,
-                        log,
-                        timestamper,
-                        history,
-                        clock,
-                        archive_dir,
-                        NodeLog(federation),
-                        pool,
-                    )
-        finally:
-            await pool.close()
+    async with logging_node(fresh_db_url, tmp_path, Clock(START), Federation()) as logging:
+        archive_dir = tmp_path / "archives"
+        archive_dir.mkdir()
+        yield Node(
+            logging.federation,
+            logging.log,
+            logging.timestamper,
+            logging.history,
+            logging.clock,
+            archive_dir,
+            NodeLog(logging.federation),
+            logging.pool,
+        )
 
 
 def _archives(directory: Path) -> list[Path]:
