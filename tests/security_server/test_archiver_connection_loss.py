@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from config.errors import StorageError
-from security_server.archiver import ArchiverError, PostgresArchiveRows
+from security_server.archiver import Archiver, ArchiverError, PostgresArchiveRows
 from security_server.node import archive_lock
 from tests.security_server.test_archiver import HOUR, START, Node, node
 from tests.security_server.test_message_log_connection_loss import FlakyPool
@@ -49,13 +49,22 @@ def _archives(directory: Path) -> list[Path]:
     return sorted(directory.glob("archive-*"))
 
 
+async def _closed_period(node: Node, exchanges: int) -> None:
+    """``exchanges`` logged and timestamped in the first hour, which has then ended."""
+    await node.exchanges(exchanges, START + dt.timedelta(minutes=10))
+    node.clock.now = START + HOUR + dt.timedelta(minutes=30)
+
+
+def _flaky_archiver(node: Node) -> tuple[FlakyReads, Archiver]:
+    flaky = FlakyReads(node.pool)
+    return flaky, node.archiver(rows=PostgresArchiveRows(cast(asyncpg.Pool, flaky)))
+
+
 async def test_a_read_on_a_lost_connection_renews_the_pool_and_the_next_pass_archives(
     node: Node,
 ) -> None:
-    await node.exchanges(3, START + dt.timedelta(minutes=10))
-    node.clock.now = START + HOUR + dt.timedelta(minutes=30)
-    flaky = FlakyReads(node.pool)
-    archiver = node.archiver(rows=PostgresArchiveRows(cast(asyncpg.Pool, flaky)))
+    await _closed_period(node, 3)
+    flaky, archiver = _flaky_archiver(node)
 
     flaky.lost_reads = 1
     with pytest.raises(ArchiverError, match="cannot read the message log"):
@@ -72,10 +81,8 @@ async def test_a_read_on_a_lost_connection_renews_the_pool_and_the_next_pass_arc
 async def test_a_read_that_fails_without_losing_the_connection_keeps_the_pool(
     node: Node,
 ) -> None:
-    await node.exchanges(1, START + dt.timedelta(minutes=10))
-    node.clock.now = START + HOUR + dt.timedelta(minutes=30)
-    flaky = FlakyReads(node.pool)
-    archiver = node.archiver(rows=PostgresArchiveRows(cast(asyncpg.Pool, flaky)))
+    await _closed_period(node, 1)
+    flaky, archiver = _flaky_archiver(node)
     async with node.pool.acquire() as conn:
         await conn.execute("ALTER TABLE message_log RENAME TO message_log_away")
     try:
@@ -136,8 +143,7 @@ async def test_the_next_pass_archives_after_the_database_dropped_every_connectio
     node: Node,
 ) -> None:
     """The real thing: every backend of the node's pool terminated between two passes."""
-    await node.exchanges(2, START + dt.timedelta(minutes=10))
-    node.clock.now = START + HOUR + dt.timedelta(minutes=30)
+    await _closed_period(node, 2)
     archiver = node.archiver(rows=PostgresArchiveRows(node.pool), lock=archive_lock(node.pool))
     async with node.pool.acquire() as conn:
         await conn.execute(
