@@ -328,11 +328,15 @@ async def _profiled_load(
 
     names = list(route.measured)
     load = asyncio.create_task(measure(children, route, options.scenario, options.load, work_dir))
+    samplers = [asyncio.create_task(sampled(name, route.measured[name])) for name in names]
     try:
-        profiles = await asyncio.gather(*(sampled(name, route.measured[name]) for name in names))
+        profiles = await asyncio.gather(*samplers)
     except BaseException:
-        load.cancel()
-        await asyncio.gather(load, return_exceptions=True)
+        # One sampler failed (or the run was cancelled): stop the load and the other samplers
+        # (each kills its py-spy process) before saying why.
+        for task in (*samplers, load):
+            task.cancel()
+        await asyncio.gather(*samplers, load, return_exceptions=True)
         raise
     return await load, dict(zip(names, profiles, strict=True))
 

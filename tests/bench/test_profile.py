@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from bench.profile import (
     parse_raw,
     pyspy_path,
     run_profile,
+    sample,
     stack_category,
     summarise,
 )
@@ -124,6 +127,20 @@ def test_missing_py_spy_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(BenchError, match=r"py-spy is not installed.*\[dev\]"):
         pyspy_path()
+
+
+async def test_a_process_py_spy_cannot_sample_is_named(tmp_path: Path) -> None:
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await gone.wait()  # its pid now names no process
+    with pytest.raises(BenchError, match=rf"py-spy could not sample process {gone.pid} \(exit"):
+        await sample(
+            gone.pid,
+            tmp_path / "gone.raw",
+            duration_s=1,
+            rate=10,
+            pyspy=pyspy_path(),
+            log=tmp_path / "py-spy.log",
+        )
 
 
 @pytest.mark.e2e
