@@ -259,6 +259,11 @@ async def sample(
         )
         try:
             code = await asyncio.wait_for(process.wait(), seconds + PYSPY_GRACE_S)
+        except TimeoutError as exc:
+            raise BenchError(
+                f"py-spy did not finish sampling process {pid} within {seconds} s and "
+                f"{PYSPY_GRACE_S:.0f} s more; see {log}"
+            ) from exc
         finally:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
