@@ -366,7 +366,10 @@ async def run_profile(options: ProfileOptions) -> dict[str, Any]:
         work_dir.mkdir(parents=True, exist_ok=True)
         async with Children(data_dir / "logs") as children:
             service = await children.start("service", python_argv("bench.service"))
-            baseline_route = await start_baseline(children, data_dir, service.url, started)
+            baseline_route = dataclasses.replace(
+                await start_baseline(children, data_dir, service.url, started),
+                beside={"service": service.pid},
+            )
             _say(f"{options.scenario}: baseline ...")
             baseline = await measure(
                 children, baseline_route, options.scenario, options.load, work_dir
@@ -378,7 +381,8 @@ async def run_profile(options: ProfileOptions) -> dict[str, Any]:
                         "nodes",
                         lambda s: node_spec(s, nodes.consumer_url, nodes.parties),
                         nodes.node_pids,
-                        {} if nodes.postgres_pid is None else {"postgres": nodes.postgres_pid},
+                        {"service": service.pid}
+                        | ({} if nodes.postgres_pid is None else {"postgres": nodes.postgres_pid}),
                     )
                     _say(f"{options.scenario}: nodes, sampled by py-spy ...")
                     measured, profiles = await _profiled_load(
@@ -391,32 +395,88 @@ async def run_profile(options: ProfileOptions) -> dict[str, Any]:
     return results
 
 
+def _beside_per_1k(measured: Measurement, name: str) -> float | None:
+    value = measured.to_json().get("beside_cpu_s_per_1k", {}).get(name)
+    return None if value is None else float(value)
+
+
+def _loadgen_per_1k(measured: Measurement) -> float | None:
+    load = measured.load
+    return None if not load.requests else round(load.loadgen_cpu_s / load.requests * 1000.0, 3)
+
+
+def budget(
+    *,
+    cores: int,
+    baseline_rps: float,
+    rest_s_per_1k: float,
+    http_and_loop_s_per_1k: float,
+    postgres_s_per_1k: float,
+) -> dict[str, float]:
+    """What two CPU-bound cores leave per call for both nodes and PostgreSQL.
+
+    At ``r`` calls a second the machine has ``cores / r`` CPU seconds per call; the load
+    generator and the service take ``rest_s_per_1k`` of it (per 1,000 calls), the rest is the
+    nodes' and PostgreSQL's. Figures are CPU seconds per 1,000 calls.
+    """
+
+    def left_at(rps: float) -> float:
+        return round(cores * 1000.0 / rps - rest_s_per_1k, 3)
+
+    return {
+        "cores": cores,
+        "load_generator_and_service_s_per_1k": round(rest_s_per_1k, 3),
+        "left_for_nodes_and_postgres_at_ratio_0_5": left_at(0.5 * baseline_rps),
+        "left_for_nodes_and_postgres_at_2000_rps": left_at(2000.0),
+        "nodes_http_and_event_loop_s_per_1k": round(http_and_loop_s_per_1k, 3),
+        "nodes_http_event_loop_and_postgres_s_per_1k": round(
+            http_and_loop_s_per_1k + postgres_s_per_1k, 3
+        ),
+    }
+
+
 def _entries(
     measured: Measurement, profiles: Mapping[str, Profile], baseline: Measurement, top: int
 ) -> dict[str, Any]:
-    load = measured.load.summary()
     answered = measured.load.answered
     per_node_cpu = {
         name: None if not answered else cpu / answered * 1000.0
         for name, cpu in measured.process_cpu_s.items()
     }
-    return {
+    nodes = {
+        name: summarise(profile, per_node_cpu.get(name), top) for name, profile in profiles.items()
+    }
+    load = measured.load.summary()
+    baseline_rps = baseline.load.summary()["rps"]
+    entry: dict[str, Any] = {
         "load": {
             "rps": load["rps"],
             "p99_ms": load["p99_ms"],
             "errors": load["errors"],
             "cpu_s_per_1k": measured.cpu_s_per_1k,
-            "postgres_cpu_s_per_1k": measured.to_json()
-            .get("beside_cpu_s_per_1k", {})
-            .get("postgres"),
-            "baseline_rps": baseline.load.summary()["rps"],
+            "postgres_cpu_s_per_1k": _beside_per_1k(measured, "postgres"),
+            "service_cpu_s_per_1k": _beside_per_1k(measured, "service"),
+            "loadgen_cpu_s_per_1k": _loadgen_per_1k(measured),
+            "baseline_rps": baseline_rps,
             "baseline_cpu_s_per_1k": baseline.cpu_s_per_1k,
+            "baseline_service_cpu_s_per_1k": _beside_per_1k(baseline, "service"),
+            "baseline_loadgen_cpu_s_per_1k": _loadgen_per_1k(baseline),
         },
-        "nodes": {
-            name: summarise(profile, per_node_cpu.get(name), top)
-            for name, profile in profiles.items()
-        },
+        "nodes": nodes,
     }
+    rest = [entry["load"][k] for k in ("loadgen_cpu_s_per_1k", "service_cpu_s_per_1k")]
+    per_call = [node["categories"] for node in nodes.values()]
+    loop_us = [c[k]["us_per_call"] for c in per_call for k in ("http", "event_loop")]
+    postgres = entry["load"]["postgres_cpu_s_per_1k"]
+    if baseline_rps and None not in rest and None not in loop_us and postgres is not None:
+        entry["budget"] = budget(
+            cores=os.cpu_count() or 1,
+            baseline_rps=baseline_rps,
+            rest_s_per_1k=sum(rest),
+            http_and_loop_s_per_1k=sum(loop_us) / 1000.0,
+            postgres_s_per_1k=postgres,
+        )
+    return entry
 
 
 def format_profile(results: Mapping[str, Any]) -> str:
@@ -462,6 +522,16 @@ def format_profile(results: Mapping[str, Any]) -> str:
         f"baseline: {load.get('baseline_rps')} req/s, "
         f"{load.get('baseline_cpu_s_per_1k')} CPU s per 1,000 calls (both proxies)"
     )
+    plan = results.get("budget")
+    if plan:
+        lines.append(
+            f"budget on {plan['cores']} cores, CPU ms per call: load generator and service "
+            f"{plan['load_generator_and_service_s_per_1k']}; left for both nodes and PostgreSQL "
+            f"at a ratio of 0.5 {plan['left_for_nodes_and_postgres_at_ratio_0_5']}, at 2,000 "
+            f"req/s {plan['left_for_nodes_and_postgres_at_2000_rps']}; the nodes' HTTP and "
+            f"event loop {plan['nodes_http_and_event_loop_s_per_1k']}, with PostgreSQL "
+            f"{plan['nodes_http_event_loop_and_postgres_s_per_1k']}"
+        )
     for name in names:
         lines.append(f"\n{name}: top functions (innermost frame, share of samples)")
         for entry in nodes[name]["top_functions"][:10]:

@@ -14,6 +14,7 @@ from bench.profile import (
     CATEGORIES,
     UNREADABLE_FRAME,
     ProfileOptions,
+    budget,
     format_profile,
     frame_category,
     frame_file,
@@ -113,6 +114,23 @@ def test_shares_become_microseconds_per_call() -> None:
     assert "-" in format_profile({"nodes": {"n": unmeasured}, "load": {}})
 
 
+def test_the_budget_is_what_two_busy_cores_leave_per_call() -> None:
+    plan = budget(
+        cores=2,
+        baseline_rps=2500.0,
+        rest_s_per_1k=0.3,
+        http_and_loop_s_per_1k=1.0,
+        postgres_s_per_1k=0.4,
+    )
+    # 0.5 x 2,500 = 1,250 calls/s: 2 s / 1,250 = 1.6 ms per call, 0.3 of it taken already.
+    assert plan["left_for_nodes_and_postgres_at_ratio_0_5"] == pytest.approx(1.3)
+    assert plan["left_for_nodes_and_postgres_at_2000_rps"] == pytest.approx(0.7)
+    assert plan["nodes_http_event_loop_and_postgres_s_per_1k"] == pytest.approx(1.4)
+    assert "left for both nodes and PostgreSQL at a ratio of 0.5 1.3" in format_profile(
+        {"nodes": {}, "load": {}, "budget": plan}
+    )
+
+
 def test_options_are_checked() -> None:
     options = parse_options(["--scenario", "soap_small", "--duration", "3"])
     assert (options.scenario, options.duration_s, options.rate) == ("soap_small", 3.0, 200)
@@ -167,6 +185,15 @@ async def test_a_short_profile_of_the_running_nodes(tmp_path: Path) -> None:
     assert written["load"]["rps"] > 0
     assert written["load"]["baseline_cpu_s_per_1k"] > 0
     assert written["load"]["postgres_cpu_s_per_1k"] > 0
+    assert written["load"]["service_cpu_s_per_1k"] > 0
+    assert written["load"]["loadgen_cpu_s_per_1k"] > 0
+    plan = written["budget"]
+    assert plan["cores"] >= 1
+    assert plan["nodes_http_and_event_loop_s_per_1k"] > 0
+    assert plan["load_generator_and_service_s_per_1k"] == pytest.approx(
+        written["load"]["service_cpu_s_per_1k"] + written["load"]["loadgen_cpu_s_per_1k"],
+        abs=0.002,
+    )
     assert set(written["nodes"]) == {"consumer node", "provider node"}
     for name, node in written["nodes"].items():
         assert node["samples"] > 0, name
