@@ -16,6 +16,10 @@ Rules:
   ``message_log``.
 - A category's microseconds per call are its share of the node's samples times the node's CPU
   seconds per call, measured over the same window (from ``/proc``, not from the samples).
+- The CPU per call of PostgreSQL, the service and the load generator is measured in the same
+  run, and :func:`budget` says what the cores leave per call for the nodes and PostgreSQL at a
+  ratio of 0.5 and at 2,000 req/s (the performance targets), beside what the nodes' HTTP and
+  event loop take.
 - The result goes to ``bench/results/profile.json`` (atomically) and a table is printed.
   py-spy must be able to read the nodes' memory: run as root, or as the nodes' user with
   ptrace allowed (``kernel.yama.ptrace_scope`` 0).
