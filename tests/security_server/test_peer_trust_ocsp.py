@@ -27,12 +27,12 @@ from gateway.transport import (
 )
 from security_server.own_ocsp import OwnOcsp, own_certificate
 from security_server.peer_trust import PeerAuthStatus
+from tests.clock import Clock
 from tests.pki_factory import FixturePki
 from tests.security_server.fakes import (
     CITIZEN_PATH,
     CONSUMER_NODE,
     PROVIDER_NODE,
-    Clock,
     Network,
     Reply,
     assert_still_serving,
