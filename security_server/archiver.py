@@ -32,6 +32,14 @@ Rules (``docs/archives-and-audit.md`` is the operator's and auditor's descriptio
   begun.
 - ``archive_interval_s = 0`` runs no archiver in the node; ``jisr node archive --every`` runs
   passes as a process of its own, under the same lock.
+- A read of the log that fails on a lost database connection (PostgreSQL restarted, a
+  failover, ``pg_terminate_backend``) makes the pool replace all its connections
+  (:func:`storage.errors.expire_if_lost`), since the others have usually died with it. The
+  pass stops there: the archive it was writing is discarded and its records stay unmarked (the
+  archives it finished before are stored and marked), and the next pass runs on new
+  connections instead of meeting the other dead ones one pass at a time. A failed background
+  pass is logged as a warning (``archive_pass_failed``: the error and how many passes in a row
+  have failed) and the next one tries again.
 - One archiver at a time per log: every pass runs under the ``lock`` given (the node passes a
   PostgreSQL advisory lock, so worker processes and ``jisr node archive`` take turns). A
   background pass that finds the lock taken skips its turn; an explicit pass waits for it.
@@ -198,6 +206,17 @@ _FIRST_WAITING_QUERY: Final = (
 )
 
 
+async def _read_failed(pool: asyncpg.Pool, exc: BaseException) -> ArchiverError:
+    """The error of a read of the log that failed with ``exc``. A lost connection makes
+    ``pool`` replace all its connections, and the message says so."""
+    if await expire_if_lost(pool, exc):
+        return ArchiverError(
+            f"cannot read the message log: the database connection was lost ({exc}); the pool "
+            "opens new connections for the next pass"
+        )
+    return ArchiverError(f"cannot read the message log: {exc}")
+
+
 class PostgresArchiveRows:
     """:class:`ArchiveRows` over a node's message log in PostgreSQL (the tables of
     ``security_server.log_migrations``).
@@ -218,8 +237,7 @@ class PostgresArchiveRows:
         try:
             row = await self._pool.fetchrow(_FIRST_WAITING_QUERY, after_seq)
         except DATABASE_ERRORS as exc:
-            await expire_if_lost(self._pool, exc)
-            raise ArchiverError(f"cannot read the message log: {exc}") from exc
+            raise await _read_failed(self._pool, exc) from exc
         return None if row is None else Waiting(int(row["seq"]), row["logged_at"])
 
     async def read_for_archive(
@@ -230,8 +248,7 @@ class PostgresArchiveRows:
             stamps = await self._trees.stamps(self._pool, rows)
             evidence = await resolve(self._pool, rows)
         except DATABASE_ERRORS as exc:
-            await expire_if_lost(self._pool, exc)
-            raise ArchiverError(f"cannot read the message log: {exc}") from exc
+            raise await _read_failed(self._pool, exc) from exc
         except LogIntegrityError as exc:
             raise ArchiverError(f"the message log cannot be archived: {exc}") from exc
         items: list[ArchiveRecord | Waiting] = []
@@ -932,13 +949,20 @@ class Archiver:
 
     async def run(self) -> None:
         """Archive every ``interval_s`` until cancelled; a failed pass is logged and retried."""
+        failures = 0
         while True:
             try:
                 await self.archive_once(wait=False)
             except asyncio.CancelledError:
                 raise
+            except StorageError as exc:  # the database, the store, an archive: records unmarked
+                failures += 1
+                _log.warning("archive_pass_failed", error=exc.message, tries=failures)
             except Exception:  # a pass must never end the task; the next one retries
-                _log.exception("archive_pass_failed")
+                failures += 1
+                _log.exception("archive_pass_crashed", tries=failures)
+            else:
+                failures = 0
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
